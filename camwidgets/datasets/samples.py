@@ -1,0 +1,82 @@
+"""Bundled sample images: synthetic Shapes with ground truth, and scikit-image's photos.
+
+Synthetic samples (``"shapes-<class>"``, ``"shapes-multi"``) come from
+:class:`~camwidgets.datasets.Shapes` with the reserved seed :data:`SAMPLES_SEED`;
+they carry their mask and box, and suit the demo model. The photos come with
+scikit-image (no download) and suit ImageNet models.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import Any
+
+import numpy as np
+
+from ..core.image import load_image
+from .shapes import CLASSES, Shapes
+
+__all__ = ["SAMPLES_SEED", "list_samples", "load_sample"]
+
+#: Seed reserved for the bundled synthetic samples (never used for training or evaluation).
+SAMPLES_SEED = 7
+
+# name -> (scikit-image loader, one-line description, a fitting ImageNet class)
+_PHOTOS: dict[str, tuple[str, str]] = {
+    "chelsea": ("chelsea", "Chelsea the cat (scikit-image); ImageNet: tabby / tiger cat"),
+    "coffee": ("coffee", "A cup of coffee (scikit-image); ImageNet: espresso / cup"),
+    "astronaut": ("astronaut", "Astronaut Eileen Collins (scikit-image)"),
+    "rocket": ("rocket", "A rocket on the launch pad (scikit-image); ImageNet: missile / space shuttle"),
+}
+
+
+@lru_cache(maxsize=1)
+def _synthetic_index() -> dict[str, int]:
+    ds = Shapes(200, SAMPLES_SEED)
+    found: dict[str, int] = {}
+    for i in range(len(ds)):
+        name = CLASSES[ds[i]["label"]]
+        found.setdefault(name, i)
+        if len(found) == len(CLASSES):
+            break
+    return found
+
+
+def list_samples(kind: str = "all") -> list[str]:
+    """Names of the bundled samples: ``kind`` is ``"all"``, ``"synthetic"`` or ``"photo"``."""
+    synthetic = [f"shapes-{c}" for c in CLASSES] + ["shapes-multi"]
+    if kind == "synthetic":
+        return synthetic
+    if kind == "photo":
+        return list(_PHOTOS)
+    if kind == "all":
+        return synthetic + list(_PHOTOS)
+    raise ValueError(f"kind must be 'all', 'synthetic' or 'photo', not {kind!r}.")
+
+
+def load_sample(name: str) -> dict[str, Any]:
+    """Load a bundled sample.
+
+    Returns a dict with ``image`` (float32 tensor ``(3, H, W)`` in [0, 1]), ``label``
+    (class name or None), ``mask`` (bool array ``(H, W)`` or None), ``box`` (``(x0, y0,
+    x1, y1)`` inclusive, or None) and ``description``.
+    """
+    if name.startswith("shapes-"):
+        cls = name.removeprefix("shapes-")
+        if cls == "multi":
+            item = Shapes(1, SAMPLES_SEED + 1, multi_instance=True)[0]
+        elif cls in CLASSES:
+            item = Shapes(200, SAMPLES_SEED)[_synthetic_index()[cls]]
+        else:
+            raise ValueError(f"Unknown sample {name!r}; choose one of {list_samples()}.")
+        label = CLASSES[item["label"]]
+        return {"image": item["image"], "label": label, "mask": item["mask"], "box": item["box"],
+                "description": f"Synthetic {label} on clutter (Shapes seed {SAMPLES_SEED})"}
+    if name in _PHOTOS:
+        from skimage import data
+
+        loader, description = _PHOTOS[name]
+        arr: np.ndarray = getattr(data, loader)()
+        return {"image": load_image(arr), "label": None, "mask": None, "box": None,
+                "description": description}
+    raise ValueError(f"Unknown sample {name!r}; choose one of {list_samples()}.")
