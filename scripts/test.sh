@@ -10,6 +10,6 @@ PY=${PYTHON:-python3}
 .venv/bin/python -m pip install -q -e ".[test]" 2> >(grep -v "is ignored" >&2)
 .venv/bin/python -m pip check >/dev/null || { .venv/bin/python -m pip check; exit 1; }
 .venv/bin/python -c "import torch, torchvision; print('torch', torch.__version__, 'torchvision', torchvision.__version__)"
-.venv/bin/ruff check camwidgets tests benchmarks
+.venv/bin/ruff check
 .venv/bin/mypy
 exec .venv/bin/python -m pytest "$@"
