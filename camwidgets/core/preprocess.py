@@ -71,7 +71,7 @@ class Preprocess:
         batched = img.dim() == 4
         x = img if batched else img.unsqueeze(0)
         h, w = x.shape[-2:]
-        size = self.size
+        size = _pair(self.size)  # already a pair after __post_init__; this narrows the type
         if self.resize is not None:
             short = min(h, w)
             nh, nw = round(h * self.resize / short), round(w * self.resize / short)
