@@ -1,0 +1,232 @@
+"""Capture activations and gradients of many layers in one forward and one backward pass.
+
+Design (what the tests check):
+
+* Hooks live only inside a ``with`` block and are removed on exit, also when the
+  forward pass raises. The model is put in eval mode for the pass and every module's
+  ``training`` flag is restored afterwards; parameters' ``requires_grad`` flags are
+  never touched.
+* Gradients are taken with :func:`torch.autograd.grad` with respect to the captured
+  activations and the input, never with ``.backward()``: nothing accumulates in the
+  parameters' ``.grad``, frozen parameters do not matter (the input is made to require
+  grad), and the pass works inside ``torch.no_grad()`` and ``torch.inference_mode()``
+  because it re-enables both.
+* Each forward hook stores the layer's output and hands a *clone* on to the rest of
+  the network, so a later in-place operation (torchvision's ``ReLU(inplace=True)``
+  after a BatchNorm, ``out += identity``) cannot overwrite what was captured, and the
+  gradient is that of the stored tensor.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+__all__ = ["Capture", "batch_logits", "capture", "eval_mode", "forward_hooks", "model_device", "model_dtype",
+           "target_scores"]
+
+
+def model_device(model: nn.Module) -> torch.device:
+    """The device of the model's first parameter (or buffer); CPU for a model with neither."""
+    for p in model.parameters():
+        return p.device
+    for b in model.buffers():
+        return b.device
+    return torch.device("cpu")
+
+
+def model_dtype(model: nn.Module) -> torch.dtype:
+    """The floating dtype of the model's parameters (float32 if it has none)."""
+    for t in model.parameters():
+        if t.is_floating_point():
+            return t.dtype
+    return torch.float32
+
+
+@contextmanager
+def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
+    """Put every module in eval mode; restore each module's own ``training`` flag on exit."""
+    flags = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try:
+        yield model
+    finally:
+        for m, flag in flags:
+            m.training = flag
+
+
+@contextmanager
+def forward_hooks(model: nn.Module, layers: Sequence[str], *, clone: bool = True
+                  ) -> Iterator[dict[str, torch.Tensor]]:
+    """Record the outputs of ``layers`` (dotted names) during the forward passes inside the block.
+
+    Yields a dict ``name -> output`` filled by each forward pass. With ``clone=True`` the
+    network continues with a copy of each output, so in-place operations downstream
+    leave the recorded tensor (and its gradient) intact. A layer that runs more than once
+    per forward pass raises ``ValueError`` (its activation would be ambiguous).
+    """
+    store: dict[str, torch.Tensor] = {}
+    calls: dict[str, int] = {}
+    handles = []
+
+    def make_hook(name: str) -> Callable[[nn.Module, object, object], object]:
+        def hook(module: nn.Module, args: object, output: object) -> object:
+            calls[name] = calls.get(name, 0) + 1
+            if not isinstance(output, torch.Tensor):
+                store[name] = output  # type: ignore[assignment]  # checked by the caller
+                return None
+            store[name] = output
+            return output.clone() if clone else None
+
+        return hook
+
+    try:
+        for name in layers:
+            handles.append(model.get_submodule(name).register_forward_hook(make_hook(name)))
+        yield store
+        again = [n for n, c in calls.items() if c > 1]
+        if again:
+            raise ValueError(
+                f"Layer(s) {again} ran more than once in one forward pass (a shared module, e.g. the "
+                "ReLU a torchvision BasicBlock calls twice), so their activation is ambiguous. Pick the "
+                "enclosing block or a module that runs once."
+            )
+    finally:
+        for h in handles:
+            h.remove()
+        calls.clear()
+
+
+@dataclass(frozen=True, eq=False)
+class Capture:
+    """What one forward + backward pass recorded (all tensors detached, on the model's device).
+
+    Attributes
+    ----------
+    logits : Tensor (N, C)
+        ``S``, the model's output.
+    targets : Tensor (N,) long
+        The class ``c_i`` explained for each image.
+    activations : dict name -> Tensor (N, K, h, w)
+        ``A`` at each layer.
+    gradients : dict name -> Tensor (N, K, h, w)
+        ``g = dS_c/dA`` at each layer (empty if no gradients were asked for).
+    input_grad : Tensor (N, 3, H, W) or None
+        ``dS_c/dx`` with respect to the normalised model input.
+    """
+
+    logits: torch.Tensor
+    targets: torch.Tensor
+    activations: dict[str, torch.Tensor]
+    gradients: dict[str, torch.Tensor]
+    input_grad: torch.Tensor | None
+
+
+def target_scores(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """``S[i, c_i]`` for each row: shape ``(N,)``."""
+    return logits.gather(1, targets.view(-1, 1)).squeeze(1)
+
+
+def _targets(logits: torch.Tensor, target: int | Sequence[int] | torch.Tensor | None) -> torch.Tensor:
+    n, num_classes = logits.shape
+    if target is None:
+        return logits.argmax(dim=1)
+    t = torch.as_tensor(target, dtype=torch.long, device=logits.device).reshape(-1)
+    if t.numel() == 1:
+        t = t.expand(n)
+    if t.numel() != n:
+        raise ValueError(f"Got {t.numel()} targets for a batch of {n} images; "
+                         "pass one target or one per image.")
+    bad = [int(v) for v in t.tolist() if not 0 <= v < num_classes]
+    if bad:
+        raise ValueError(
+            f"Target class {bad[0]} is out of range: the model has {num_classes} classes "
+            f"(valid indices 0..{num_classes - 1}). Pass target=None for the predicted class."
+        )
+    return t.clone()
+
+
+def capture(model: nn.Module, x: torch.Tensor, layers: Sequence[str],
+            target: int | Sequence[int] | torch.Tensor | None = None, *,
+            gradients: bool = True, input_grad: bool = False,
+            check_target: bool = True) -> Capture:
+    """One forward and (if asked) one backward pass recording ``A`` and ``dS_c/dA`` at ``layers``.
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        Run in eval mode for the pass; its modes are restored afterwards, its parameters
+        and their ``.grad`` are left untouched.
+    x : Tensor (N, 3, H, W)
+        Normalised model input (moved to the model's device and dtype).
+    layers : sequence of str
+        Dotted names of the layers to record.
+    target : int, sequence of N ints, Tensor (N,) or None
+        Class per image; None means the predicted class of each image. Out-of-range
+        indices raise ``ValueError`` after the forward pass and before the backward.
+    gradients : bool
+        Also compute ``g = dS_c/dA`` (one :func:`torch.autograd.grad` call for
+        ``sum_i S[i, c_i]``; images do not interact in eval mode, so row ``i`` of each
+        gradient is that image's own).
+    input_grad : bool
+        Also return ``dS_c/dx``.
+
+    Returns
+    -------
+    Capture
+        Detached tensors; layers whose output is not a tensor are omitted.
+    """
+    device = model_device(model)
+    with torch.inference_mode(False), torch.enable_grad(), eval_mode(model):
+        xin = x.detach().to(device=device, dtype=model_dtype(model)).clone()
+        need_grad = gradients or input_grad
+        if need_grad:
+            xin.requires_grad_(True)
+        with forward_hooks(model, layers, clone=True) as store:
+            logits = model(xin)
+        if not isinstance(logits, torch.Tensor) or logits.dim() != 2:
+            raise ValueError(
+                "The model's output must be a logits tensor of shape (N, num_classes); got "
+                f"{type(logits).__name__}{tuple(logits.shape) if isinstance(logits, torch.Tensor) else ''}. "
+                "Wrap the model so that it returns the class scores."
+            )
+        targets = _targets(logits.detach(), target) if check_target else logits.argmax(1)
+        acts = {n: t for n, t in store.items() if isinstance(t, torch.Tensor)}
+        grads: dict[str, torch.Tensor] = {}
+        xgrad = None
+        if need_grad:
+            score = target_scores(logits, targets).sum()
+            names = [n for n in acts if gradients and acts[n].requires_grad]
+            inputs = [acts[n] for n in names] + ([xin] if input_grad else [])
+            out: Sequence[torch.Tensor | None] = (
+                torch.autograd.grad(score, inputs, allow_unused=True) if inputs and score.requires_grad
+                else [None] * len(inputs))
+            for n, g in zip(names, out[:len(names)], strict=True):
+                grads[n] = torch.zeros_like(acts[n]) if g is None else g.detach()
+            for n in acts:
+                if gradients and n not in grads:
+                    grads[n] = torch.zeros_like(acts[n])
+            if input_grad:
+                gx = out[-1] if inputs else None
+                xgrad = torch.zeros_like(xin) if gx is None else gx.detach()
+        result = Capture(
+            logits=logits.detach(),
+            targets=targets.detach(),
+            activations={n: t.detach() for n, t in acts.items()},
+            gradients=grads,
+            input_grad=xgrad,
+        )
+        store.clear()
+    return result
+
+
+def batch_logits(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """Logits of one batch ``(N, 3, H, W)`` without autograd, in eval mode: ``(N, C)``."""
+    with torch.inference_mode(), eval_mode(model):
+        out = model(x.to(device=model_device(model), dtype=model_dtype(model)))
+    return out.clone()  # a normal (non-inference) tensor
+
