@@ -1,0 +1,153 @@
+"""The metrics table: seven CAM methods × the SPEC §6 metrics on fresh Shapes images.
+
+Evaluates Grad-CAM, Grad-CAM++, LayerCAM, Score-CAM, UnionCAM, Fusion-CAM and I-CAM with
+the embedded demo model on ``--n`` images (default 500) of two fresh
+:class:`camwidgets.datasets.Shapes` sets the model never saw: single objects (seed 1000)
+and 2-3 instances per image (seed 1001). Each image is explained for its ground-truth
+class (``target="label"``).
+
+Columns: Average Drop (%, lower is better), Increase in Confidence (%), insertion AUC,
+deletion AUC (lower is better), over-all (insertion − deletion), ADCC, energy pointing
+game, pointing-game hit rate, IoU and F1 of the map thresholded at 0.5 against the
+object mask, and seconds per image per method (explainer + map, wall clock). Cells are
+``mean ± half-width of the 95 % Student-t interval`` over the images.
+
+Writes, under ``--out`` (default ``benchmarks/results/metrics_table``):
+
+- ``single/`` and ``multi/``: the resumable per-row files of :func:`camwidgets.evaluate`
+  (re-running the script continues where an interrupted run stopped);
+- ``metrics_table.json``: settings, environment and the summary of both runs;
+- ``metrics_table.md``: the two Markdown tables.
+
+Usage::
+
+    python benchmarks/bench_metrics_table.py              # the full table (slow: run on a quiet machine)
+    python benchmarks/bench_metrics_table.py --n 4        # a smoke run
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+import camwidgets
+from camwidgets.core.evaluate import EvaluationResult, evaluate
+from camwidgets.datasets.shapes import Shapes
+from camwidgets.models.demo import load_demo_model
+
+METHODS: dict[str, str] = {
+    "gradcam": "Grad-CAM",
+    "gradcampp": "Grad-CAM++",
+    "layercam": "LayerCAM",
+    "scorecam": "Score-CAM",
+    "unioncam": "UnionCAM",
+    "fusioncam": "Fusion-CAM",
+    "icam": "I-CAM",
+}
+METRICS = ["average_drop", "increase_in_confidence", "insertion", "deletion", "over_all", "adcc",
+           "energy_pointing_game", "pointing_game", "localisation"]
+# (summary column, table header)
+COLUMNS: list[tuple[str, str]] = [
+    ("average_drop", "AD % ↓"),
+    ("increase_in_confidence", "IC % ↑"),
+    ("insertion", "Insertion ↑"),
+    ("deletion", "Deletion ↓"),
+    ("over_all", "Over-all ↑"),
+    ("adcc", "ADCC ↑"),
+    ("energy_pointing_game", "Energy PG ↑"),
+    ("pointing_game", "PG hit ↑"),
+    ("iou", "IoU ↑"),
+    ("f1", "F1 ↑"),
+    ("seconds", "s / image"),
+]
+RUNS: dict[str, dict[str, Any]] = {
+    "single": {"seed": 1000, "multi_instance": False},
+    "multi": {"seed": 1001, "multi_instance": True},
+}
+
+
+def markdown(result: EvaluationResult, title: str, digits: int = 3) -> str:
+    lines = [f"### {title}", "", "| method | " + " | ".join(h for _, h in COLUMNS) + " |",
+             "|---" * (len(COLUMNS) + 1) + "|"]
+    for key, name in METHODS.items():
+        if not any(s["method"] == key for s in result.summary):
+            continue
+        cells = []
+        for col, _ in COLUMNS:
+            s = result.get(key, col)
+            if s["mean"] is None:
+                cells.append("n/a")
+            elif s["ci_high"] is None:
+                cells.append(f"{s['mean']:.{digits}f}")
+            else:
+                cells.append(f"{s['mean']:.{digits}f} ± {(s['ci_high'] - s['ci_low']) / 2:.{digits}f}")
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--n", type=int, default=500, help="images per run (default 500)")
+    ap.add_argument("--steps", type=int, default=224,
+                    help="insertion/deletion steps (default 224, SPEC's evaluation setting)")
+    ap.add_argument("--batch-size", type=int, default=64, help="metric forward-pass batch size")
+    ap.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
+    ap.add_argument("--runs", nargs="+", default=list(RUNS), choices=list(RUNS))
+    ap.add_argument("--out", type=Path, default=Path("benchmarks/results/metrics_table"))
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--fresh", action="store_true", help="discard earlier rows instead of resuming")
+    ap.add_argument("--no-progress", action="store_true")
+    ap.add_argument("--on-error", choices=["raise", "skip"], default="raise",
+                    help="skip: record failing image x method pairs in the JSON and go on "
+                         "(a re-run retries them)")
+    args = ap.parse_args(argv)
+
+    model, preprocess, _ = load_demo_model(args.device)
+    args.out.mkdir(parents=True, exist_ok=True)
+    report: dict[str, Any] = {
+        "settings": {"n": args.n, "steps": args.steps, "batch_size": args.batch_size, "methods": args.methods,
+                     "metrics": METRICS, "target": "label", "runs": {k: RUNS[k] for k in args.runs},
+                     "threshold": 0.5, "deletion_baseline": "black", "insertion_baseline": "blur (sigma 5)"},
+        "environment": {"camwidgets": camwidgets.__version__, "torch": torch.__version__,
+                        "python": platform.python_version(), "platform": platform.platform(),
+                        "device": str(args.device), "threads": torch.get_num_threads()},
+        "runs": {},
+    }
+    md = [f"## CAM metrics on Shapes (demo model, n = {args.n} per run, {args.steps} insertion/deletion "
+          "steps)\n", "Cells: mean ± 95 % Student-t half-width over images.\n"]
+    for run in args.runs:
+        cfg = RUNS[run]
+        data = Shapes(args.n, seed=cfg["seed"], multi_instance=cfg["multi_instance"])
+        t0 = time.perf_counter()
+        res = evaluate(model, data, args.methods, METRICS, preprocess=preprocess, target="label",
+                       steps=args.steps, batch_size=args.batch_size, out_dir=args.out / run,
+                       resume=not args.fresh, progress=not args.no_progress, on_error=args.on_error)
+        wall = time.perf_counter() - t0
+        correct = {r["index"]: r["predicted"] == r["label"] for r in res.rows}
+        accuracy = sum(correct.values()) / max(len(correct), 1)
+        report["runs"][run] = {"dataset": repr(data), "wall_seconds_this_call": wall,
+                               "rows_computed_this_call": res.computed, "rows": len(res.rows),
+                               "model_accuracy": accuracy, "summary": res.summary, "errors": res.errors}
+        title = (f"{'Single object' if run == 'single' else '2-3 instances'} "
+                 f"(Shapes seed {cfg['seed']}, model accuracy {accuracy:.1%})")
+        md.append(markdown(res, title))
+        print(f"{run}: {len(res.rows)} rows ({res.computed} computed, {len(res.errors)} failed) "
+              f"in {wall:.1f} s", file=sys.stderr)
+        for err in res.errors[:10]:
+            print(f"  failed: image {err['index']} {err['method']}: {err['error']}", file=sys.stderr)
+
+    (args.out / "metrics_table.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    (args.out / "metrics_table.md").write_text("\n".join(md), encoding="utf-8")
+    print("\n".join(md))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,740 @@
+r"""Evaluate CAM methods with the SPEC §6 metrics over a dataset, resumably.
+
+:func:`evaluate` runs every method on every image through :class:`camwidgets.Explainer`,
+scores each map with :mod:`camwidgets.core.metrics` and returns one row per
+image × method plus a summary (mean and 95 % confidence interval per method × metric).
+
+With an output location (``out_dir=`` or ``path=``) each row is appended to a JSON-lines
+file (flushed and fsynced) the moment it is finished, so an interrupted run (Ctrl-C, a
+crash, a closed notebook) loses at most the row being computed; running the same call
+again with the same output location reads those rows back and computes only the missing
+image × method pairs. CSV and JSON copies of the rows and of the summary are written
+at the end.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from torch import nn
+
+from . import metrics as M
+from .image import load_image
+from .preprocess import Preprocess
+
+__all__ = ["DEFAULT_METHODS", "DEFAULT_METRICS", "METRIC_COLUMNS", "EvaluationResult", "evaluate",
+           "summarize", "t_quantile_975"]
+
+#: Methods evaluated by default (names of :class:`camwidgets.Explainer` methods).
+DEFAULT_METHODS: tuple[str, ...] = ("gradcam", "gradcampp", "layercam", "scorecam", "unioncam",
+                                    "fusioncam", "icam")
+#: Metrics evaluated by default: every one of SPEC §6.
+DEFAULT_METRICS: tuple[str, ...] = ("average_drop", "increase_in_confidence", "insertion", "deletion",
+                                    "over_all", "adcc", "energy_pointing_game", "pointing_game",
+                                    "saliency_score", "localisation")
+#: Row columns each metric name produces.
+METRIC_COLUMNS: Mapping[str, tuple[str, ...]] = {
+    "average_drop": ("average_drop",),
+    "increase_in_confidence": ("increase_in_confidence",),
+    "insertion": ("insertion",),
+    "deletion": ("deletion",),
+    "over_all": ("over_all",),
+    "adcc": ("adcc", "coherency", "complexity"),
+    "energy_pointing_game": ("energy_pointing_game",),
+    "pointing_game": ("pointing_game",),
+    "saliency_score": ("saliency_score",),
+    "localisation": ("iou", "precision", "recall", "f1", "box_iou"),
+}
+_GROUND_TRUTH_METRICS = {"energy_pointing_game", "pointing_game", "saliency_score", "localisation"}
+_META_COLUMNS = ("index", "method", "label", "target", "predicted", "probability", "seconds",
+                 "metric_seconds")
+_SUMMARY_SKIP = {"index", "method", "label", "target", "predicted"}
+
+ExplainerFactory = Callable[..., Any]
+
+# Student t quantiles t_{0.975, df} for df = 1..30 (scipy.stats.t.ppf(0.975, df), 10 decimals).
+_T975 = (12.7062047362, 4.3026527297, 3.1824463053, 2.7764451052, 2.5705818356, 2.4469118511,
+         2.3646242516, 2.3060041352, 2.2621571628, 2.228138852, 2.2009851601, 2.1788128297,
+         2.1603686565, 2.1447866879, 2.1314495456, 2.1199052992, 2.1098155778, 2.1009220402,
+         2.0930240544, 2.0859634473, 2.0796138447, 2.0738730679, 2.0686576104, 2.0638985616,
+         2.0595385528, 2.0555294386, 2.0518305165, 2.0484071418, 2.0452296421, 2.0422724563)
+_Z975 = 1.959963984540054
+
+
+def t_quantile_975(df: int) -> float:
+    """Two-sided 95 % Student t quantile ``t_{0.975, df}``.
+
+    Exact (table) for ``df <= 30``; above, the Cornish-Fisher expansion to ``1/df^4``
+    (error below ``1e-6``), tending to the normal quantile 1.959964.
+
+    Parameters
+    ----------
+    df : int
+        Degrees of freedom, ``>= 1``.
+    """
+    if df < 1:
+        raise ValueError(f"df must be >= 1, got {df}.")
+    if df <= 30:
+        return _T975[df - 1]
+    z, v = _Z975, float(df)
+    return (z + (z**3 + z) / (4 * v) + (5 * z**5 + 16 * z**3 + 3 * z) / (96 * v**2)
+            + (3 * z**7 + 19 * z**5 + 17 * z**3 - 15 * z) / (384 * v**3)
+            + (79 * z**9 + 776 * z**7 + 1482 * z**5 - 1920 * z**3 - 945 * z) / (92160 * v**4))
+
+
+# ----------------------------------------------------------------------------------------
+# Result
+# ----------------------------------------------------------------------------------------
+@dataclass(frozen=True, eq=False)
+class EvaluationResult:
+    """What :func:`evaluate` returns.
+
+    Attributes
+    ----------
+    rows : list of dict
+        One per image × method: ``index`` (position in the dataset), ``method``,
+        ``label`` (None if the item has none), ``target`` (the explained class),
+        ``predicted``, ``probability`` (``Y_target`` of the unmasked image), ``seconds``
+        (wall time to build the explainer and compute the map), ``metric_seconds`` (wall
+        time of the metrics), then the metric columns (:data:`METRIC_COLUMNS`). A metric
+        that needs a ground truth the item lacks is None.
+    summary : list of dict
+        One per method × column: ``method``, ``metric``, ``n`` (non-missing values),
+        ``mean``, ``std`` (sample, ddof 1), ``ci_low``, ``ci_high`` (95 % Student t
+        interval ``mean ± t_{0.975, n-1} · std / sqrt(n)``; None when ``n < 2``).
+    errors : list of dict
+        ``index``, ``method``, ``error`` for pairs that failed with ``on_error="skip"``
+        (not written to the rows file, so a re-run retries them).
+    paths : dict of str -> Path
+        Files written (``rows_jsonl``, ``rows_csv``, ``summary_json``, ``summary_csv``,
+        ``config``); empty without an output location.
+    config : dict
+        The run's settings, as saved in the config file.
+    computed : int
+        Rows computed by this call (the rest were read back from the rows file).
+    """
+
+    rows: list[dict[str, Any]]
+    summary: list[dict[str, Any]]
+    errors: list[dict[str, Any]] = field(default_factory=list)
+    paths: dict[str, Path] = field(default_factory=dict)
+    config: dict[str, Any] = field(default_factory=dict)
+    computed: int = 0
+
+    def get(self, method: str, metric: str) -> dict[str, Any]:
+        """The summary entry of one method × metric column."""
+        for s in self.summary:
+            if s["method"] == method and s["metric"] == metric:
+                return s
+        raise KeyError(f"No summary for method {method!r} and metric {metric!r}.")
+
+    def to_markdown(self, columns: Sequence[str] | None = None, digits: int = 3) -> str:
+        """A Markdown table: one line per method, ``mean ± CI half-width`` per column."""
+        methods = list(dict.fromkeys(s["method"] for s in self.summary))
+        cols = (list(columns) if columns is not None
+                else list(dict.fromkeys(s["metric"] for s in self.summary)))
+        lines = ["| method | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
+        for m in methods:
+            cells = []
+            for c in cols:
+                try:
+                    s = self.get(m, c)
+                except KeyError:
+                    cells.append("")
+                    continue
+                cells.append(_format_cell(s, digits))
+            lines.append(f"| {m} | " + " | ".join(cells) + " |")
+        return "\n".join(lines) + "\n"
+
+
+def _format_cell(s: Mapping[str, Any], digits: int) -> str:
+    if s["mean"] is None:
+        return "n/a"
+    if s["ci_high"] is None:
+        return f"{s['mean']:.{digits}f}"
+    return f"{s['mean']:.{digits}f} ± {(s['ci_high'] - s['ci_low']) / 2:.{digits}f}"
+
+
+def summarize(rows: Sequence[Mapping[str, Any]], methods: Sequence[str] | None = None,
+              columns: Sequence[str] | None = None) -> list[dict[str, Any]]:
+    r"""Mean and 95 % confidence interval per method × column.
+
+    .. math:: \bar v \pm t_{0.975,\,n-1} \, \frac{s}{\sqrt n}
+
+    with ``s`` the sample standard deviation (ddof 1) of the ``n`` non-missing values
+    (None and NaN are left out). The interval is None when ``n < 2``.
+
+    Parameters
+    ----------
+    rows : sequence of dict
+        Rows as :func:`evaluate` produces them.
+    methods, columns : sequences of str, optional
+        Order (and selection) of methods and numeric columns; by default in order of
+        appearance, every numeric column but the identifiers.
+    """
+    if methods is None:
+        methods = list(dict.fromkeys(str(r["method"]) for r in rows))
+    if columns is None:
+        seen: dict[str, None] = {}
+        for r in rows:
+            for k, v in r.items():
+                if k not in _SUMMARY_SKIP and (v is None or isinstance(v, (int, float))):
+                    seen.setdefault(k, None)
+        columns = list(seen)
+    out = []
+    for m in methods:
+        mrows = [r for r in rows if r["method"] == m]
+        for c in columns:
+            vals = np.array([float(r[c]) for r in mrows if r.get(c) is not None and not _isnan(r[c])])
+            n = int(vals.size)
+            entry: dict[str, Any] = {"method": m, "metric": c, "n": n, "mean": None, "std": None,
+                                     "ci_low": None, "ci_high": None}
+            if n:
+                mean = float(vals.mean())
+                entry["mean"] = mean
+            if n >= 2:
+                std = float(vals.std(ddof=1))
+                half = t_quantile_975(n - 1) * std / math.sqrt(n)
+                entry.update(std=std, ci_low=mean - half, ci_high=mean + half)
+            out.append(entry)
+    return out
+
+
+def _isnan(v: Any) -> bool:
+    return isinstance(v, float) and math.isnan(v)
+
+
+# ----------------------------------------------------------------------------------------
+# Dataset items
+# ----------------------------------------------------------------------------------------
+@dataclass
+class _Item:
+    image: Any
+    label: int | None
+    mask: Any
+    box: Any
+
+
+def _as_item(raw: Any, index: int) -> _Item:
+    if isinstance(raw, Mapping):
+        if "image" not in raw:
+            raise ValueError(f"Dataset item {index} is a dict without an 'image' key (keys: {sorted(raw)}).")
+        label = raw.get("target", raw.get("label"))
+        return _Item(raw["image"], _as_label(label, index), raw.get("mask"), raw.get("box"))
+    if isinstance(raw, tuple) and len(raw) == 2 and isinstance(raw[1], (int, np.integer, torch.Tensor)):
+        return _Item(raw[0], _as_label(raw[1], index), None, None)  # torchvision-style (image, label)
+    return _Item(raw, None, None, None)
+
+
+def _as_label(label: Any, index: int) -> int | None:
+    if label is None:
+        return None
+    if isinstance(label, torch.Tensor):
+        if label.numel() != 1:
+            raise ValueError(
+                f"Dataset item {index}: the label must be one class index, got shape {tuple(label.shape)}."
+            )
+        label = label.item()
+    if isinstance(label, bool) or not isinstance(label, (int, np.integer)):
+        raise ValueError(f"Dataset item {index}: the label must be an int class index, got {label!r}.")
+    return int(label)
+
+
+def _iterate(dataset: Any) -> Iterator[tuple[int, Callable[[], Any]]]:
+    """``(index, load)`` pairs; for sequences an item is only loaded when needed."""
+    def indexed(i: int) -> Callable[[], Any]:
+        return lambda: dataset[i]
+
+    def given(raw: Any) -> Callable[[], Any]:
+        return lambda: raw
+
+    if hasattr(dataset, "__len__") and hasattr(dataset, "__getitem__") and not isinstance(dataset, Mapping):
+        for i in range(len(dataset)):
+            yield i, indexed(i)
+    else:
+        for i, raw in enumerate(dataset):
+            yield i, given(raw)
+
+
+def _ground_truth_at(item: _Item, hw: tuple[int, int], source_hw: tuple[int, int],
+                     preprocess: Preprocess | None
+                     ) -> tuple[np.ndarray | None, tuple[int, int, int, int] | None]:
+    """The item's mask and box on the preprocessed image's pixel grid ``hw``."""
+    mask = box = None
+    if item.mask is not None:
+        m = item.mask.detach().cpu().numpy() if isinstance(item.mask, torch.Tensor) else np.asarray(item.mask)
+        m = np.squeeze(m).astype(bool)
+        if m.shape == hw:
+            mask = m
+        elif m.shape == source_hw and preprocess is not None:
+            mask = _warp_mask(m, preprocess)
+        else:
+            raise ValueError(
+                f"The mask has shape {m.shape}; expected the image's {source_hw} or the preprocessed {hw}."
+            )
+    if item.box is not None:
+        b = tuple(round(float(v)) for v in np.asarray(item.box).reshape(-1))
+        if len(b) != 4:
+            raise ValueError(f"A box must be (x0, y0, x1, y1), got {item.box!r}.")
+        if source_hw == hw and (preprocess is None or _warp_is_identity(preprocess, hw)):
+            box = (b[0], b[1], b[2], b[3])
+        else:  # rasterise, move with the geometry, take the tight box again
+            bm = np.zeros(source_hw, dtype=bool)
+            bm[max(b[1], 0):b[3] + 1, max(b[0], 0):b[2] + 1] = True
+            warped = _warp_mask(bm, preprocess) if preprocess is not None else bm
+            box = M._mask_box(warped)
+    return mask, box
+
+
+def _warp_is_identity(preprocess: Preprocess, hw: tuple[int, int]) -> bool:
+    n = hw[0] * hw[1]
+    probe = torch.arange(n, dtype=torch.float32).reshape(1, *hw).expand(3, -1, -1) / n
+    out = preprocess.geometry(probe)
+    return tuple(out.shape[-2:]) == hw and bool(torch.allclose(out, probe))
+
+
+def _warp_mask(mask: np.ndarray, preprocess: Preprocess) -> np.ndarray:
+    t = torch.from_numpy(mask.astype(np.float32))[None].expand(3, -1, -1)
+    return (preprocess.geometry(t)[0] >= 0.5).numpy()
+
+
+# ----------------------------------------------------------------------------------------
+# Output files
+# ----------------------------------------------------------------------------------------
+def _output_paths(out_dir: str | os.PathLike[str] | None, path: str | os.PathLike[str] | None
+                  ) -> dict[str, Path]:
+    if out_dir is not None and path is not None:
+        raise ValueError("Pass out_dir= (a folder) or path= (a file name), not both.")
+    if out_dir is not None:
+        d = Path(out_dir)
+        if d.exists() and not d.is_dir():
+            raise ValueError(f"out_dir {str(d)!r} is a file; pass a folder, or use path= for a file name.")
+        return {"rows_jsonl": d / "rows.jsonl", "rows_csv": d / "rows.csv",
+                "summary_json": d / "summary.json", "summary_csv": d / "summary.csv",
+                "config": d / "config.json"}
+    if path is not None:
+        p = Path(path)
+        stem = p.with_suffix("") if p.suffix in (".jsonl", ".json", ".csv") else p
+        return {"rows_jsonl": stem.with_name(stem.name + ".jsonl"),
+                "rows_csv": stem.with_name(stem.name + ".csv"),
+                "summary_json": stem.with_name(stem.name + ".summary.json"),
+                "summary_csv": stem.with_name(stem.name + ".summary.csv"),
+                "config": stem.with_name(stem.name + ".config.json")}
+    return {}
+
+
+def _json_value(v: Any) -> Any:
+    if isinstance(v, (np.floating, float)):
+        f = float(v)
+        return None if math.isnan(f) or math.isinf(f) else f
+    if isinstance(v, (np.integer,)):
+        return int(v)
+    if isinstance(v, (list, tuple)):
+        return [_json_value(x) for x in v]
+    if isinstance(v, Mapping):
+        return {str(k): _json_value(x) for k, x in v.items()}
+    return v
+
+
+def _read_rows(path: Path) -> list[dict[str, Any]]:
+    """Rows of a JSON-lines file; a torn last line (interrupted write) is dropped and cut off."""
+    if not path.exists():
+        return []
+    rows, good = [], []
+    with path.open("r", encoding="utf-8") as fh:
+        lines = fh.readlines()
+    for line in lines:
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(row, dict) and "index" in row and "method" in row and line.endswith("\n"):
+            rows.append(row)
+            good.append(line)
+    if len(good) != len(lines):
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text("".join(good), encoding="utf-8")
+        os.replace(tmp, path)
+    return rows
+
+
+class _RowWriter:
+    def __init__(self, path: Path | None) -> None:
+        self.path = path
+
+    def append(self, row: Mapping[str, Any]) -> None:
+        if self.path is None:
+            return
+        line = json.dumps(_json_value(row), allow_nan=False) + "\n"
+        with self.path.open("a", encoding="utf-8") as fh:
+            fh.write(line)
+            fh.flush()
+            os.fsync(fh.fileno())
+
+
+def _write_csv(path: Path, rows: Sequence[Mapping[str, Any]], columns: Sequence[str]) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with tmp.open("w", newline="", encoding="utf-8") as fh:
+        w = csv.DictWriter(fh, fieldnames=list(columns), extrasaction="ignore")
+        w.writeheader()
+        for r in rows:
+            w.writerow({k: ("" if v is None else v) for k, v in _json_value(dict(r)).items()})
+    os.replace(tmp, path)
+
+
+def _write_json(path: Path, obj: Any) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(_json_value(obj), indent=2, allow_nan=False) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+
+
+_CONFIG_MUST_MATCH = ("metrics", "steps", "metric_params", "target", "layers", "preprocess")
+
+
+def _check_config(old: Mapping[str, Any], new: Mapping[str, Any], config_path: Path) -> dict[str, Any]:
+    for key in _CONFIG_MUST_MATCH:
+        if old.get(key) != new.get(key):
+            raise ValueError(
+                f"The rows in {str(config_path.parent)!r} were computed with {key}={old.get(key)!r}, "
+                f"this call asks for {key}={new.get(key)!r}. Use another out_dir/path, or resume=False "
+                "to start over."
+            )
+    methods = dict(old.get("methods", {}))
+    for name, spec in new["methods"].items():
+        if name in methods and methods[name] != spec:
+            raise ValueError(
+                f"Method {name!r} was run with {methods[name]!r} in {str(config_path.parent)!r}, this call "
+                f"asks for {spec!r}. Give the variant another name, use another out_dir/path, "
+                "or resume=False."
+            )
+        methods[name] = spec
+    return {**dict(new), "methods": methods}
+
+
+# ----------------------------------------------------------------------------------------
+# evaluate
+# ----------------------------------------------------------------------------------------
+def _method_specs(methods: Sequence[str] | Mapping[str, Mapping[str, Any]]) -> dict[str, dict[str, Any]]:
+    if isinstance(methods, str):
+        methods = [methods]
+    specs: dict[str, dict[str, Any]] = {}
+    if isinstance(methods, Mapping):
+        for name, params in methods.items():
+            p = dict(params or {})
+            specs[str(name)] = {"method": str(p.pop("method", name)), "params": p}
+    else:
+        for name in methods:
+            if not isinstance(name, str):
+                raise ValueError(f"methods must be names of Explainer methods, got {name!r}.")
+            specs[name] = {"method": name, "params": {}}
+    if not specs:
+        raise ValueError("methods is empty; name at least one Explainer method, e.g. 'gradcam'.")
+    return specs
+
+
+def _default_factory() -> ExplainerFactory:
+    from .explainer import Explainer
+
+    return Explainer
+
+
+def _describe(obj: Any) -> Any:
+    if obj is None or isinstance(obj, (str, int, float, bool)):
+        return obj
+    if isinstance(obj, (list, tuple)):
+        return [_describe(x) for x in obj]
+    if isinstance(obj, Mapping):
+        return {str(k): _describe(v) for k, v in obj.items()}
+    return repr(obj)
+
+
+def evaluate(
+    model: nn.Module,
+    dataset: Iterable[Any],
+    methods: Sequence[str] | Mapping[str, Mapping[str, Any]] = DEFAULT_METHODS,
+    metrics: Sequence[str] = DEFAULT_METRICS,
+    *,
+    preprocess: Preprocess | None = None,
+    target: Literal["label", "predicted"] | int = "label",
+    layers: str | Sequence[Any] = "auto",
+    steps: int = 50,
+    metric_params: Mapping[str, Mapping[str, Any]] | None = None,
+    batch_size: int = 32,
+    out_dir: str | os.PathLike[str] | None = None,
+    path: str | os.PathLike[str] | None = None,
+    resume: bool = True,
+    progress: bool = True,
+    on_error: Literal["raise", "skip"] = "raise",
+    explainer_factory: ExplainerFactory | None = None,
+) -> EvaluationResult:
+    r"""Run CAM methods × metrics (SPEC §6) over a dataset, with a progress bar and resumable output.
+
+    For each image the model's prediction is computed once; then for each method an
+    :class:`~camwidgets.Explainer` is built on the image (its construction is part of
+    the method's time) and the method's map is scored with the requested metrics.
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        Classifier returning logits ``(N, C)``; its train/eval state is restored.
+    dataset : iterable
+        Items are dicts with ``"image"`` (anything ``load_image`` accepts) and optional
+        ``"target"`` or ``"label"`` (int), ``"mask"`` (bool ``(H, W)``, on the image or on
+        the preprocessed image) and ``"box"`` (``(x0, y0, x1, y1)``, inclusive pixel
+        indices); ``(image, label)`` tuples; or bare images. A sequence (``len`` and
+        indexing, e.g. :class:`camwidgets.datasets.Shapes`) is indexed lazily, so a resumed
+        run does not even load the finished items. Row ``index`` is the item's position.
+    methods : sequence of str or mapping, default :data:`DEFAULT_METHODS`
+        Explainer method names (``"gradcam"``, ``"gradcampp"``, ``"xgradcam"``,
+        ``"layercam"``, ``"scorecam"``, ``"ablationcam"``, ``"unioncam"``, ``"fusioncam"``,
+        ``"icam"``), or ``{name: params}`` with the method's keyword arguments; a
+        ``"method"`` entry lets a name stand for a variant, e.g.
+        ``{"scorecam-paper": {"method": "scorecam", "variant": "paper"}}``.
+    metrics : sequence of str, default :data:`DEFAULT_METRICS`
+        Any of ``average_drop``, ``increase_in_confidence``, ``insertion``, ``deletion``,
+        ``over_all``, ``adcc`` (adds ``coherency``, ``complexity``),
+        ``energy_pointing_game``, ``pointing_game``, ``saliency_score``, ``localisation``
+        (adds ``iou``, ``precision``, ``recall``, ``f1``, ``box_iou``). Ground-truth
+        metrics give None for items without a mask/box (a box alone is used as the
+        mask; with a mask, ``box_iou`` uses the item's box, else the mask's tight box).
+    preprocess : Preprocess or None
+        The model's preprocessing (maps live on ``preprocess.geometry``'s output).
+    target : "label", "predicted" or int, default "label"
+        Class explained and scored: the item's label (the predicted class for items
+        without one), always the predicted class, or a fixed class.
+    layers : "auto" or list
+        Passed to the Explainer.
+    steps : int, default 50
+        Insertion/deletion steps (SPEC: 224 for evaluation).
+    metric_params : mapping, optional
+        Extra keyword arguments per metric, e.g. ``{"deletion": {"baseline": "blur"},
+        "insertion": {"sigma": 3.0}, "localisation": {"threshold": 0.4},
+        "pointing_game": {"tolerance": 15}}``.
+    batch_size : int, default 32
+        Forward-pass batch size of the metrics.
+    out_dir, path : path, optional
+        Where to write: a folder (``rows.jsonl``, ``rows.csv``, ``summary.json``,
+        ``summary.csv``, ``config.json``) or a file stem (``run`` or ``run.jsonl`` gives
+        ``run.jsonl``, ``run.csv``, ``run.summary.json``, ``run.summary.csv``,
+        ``run.config.json``). Rows are appended to the JSON-lines file as they finish.
+    resume : bool, default True
+        Reuse the rows already in the output's JSON-lines file and compute only the
+        missing image × method pairs (new methods may be added; metric settings must be
+        the same, else ``ValueError``). False deletes the previous output first.
+    progress : bool, default True
+        Show a ``tqdm.auto`` progress bar (a widget in notebooks, text elsewhere).
+    on_error : {"raise", "skip"}, default "raise"
+        "skip" records a failing image × method pair in ``errors`` and goes on.
+    explainer_factory : callable, optional
+        ``factory(model, image, target=..., layers=..., preprocess=...)`` returning an
+        object with the method names; default :class:`camwidgets.Explainer`.
+
+    Returns
+    -------
+    EvaluationResult
+        ``rows``, ``summary`` (mean and 95 % Student-t CI per method × metric column),
+        ``errors``, ``paths``, ``config``, ``computed``.
+
+    Notes
+    -----
+    ADCC's coherency re-runs the same method (same parameters, same factory) on
+    ``x ⊙ E``, the preprocessed pixel image times its map, with normalisation only.
+    ``seconds`` is wall-clock time on the calling machine and includes the explainer's
+    forward/backward capture.
+    """
+    specs = _method_specs(methods)
+    metric_list = list(dict.fromkeys(metrics))
+    unknown = [m for m in metric_list if m not in METRIC_COLUMNS]
+    if unknown:
+        raise ValueError(f"Unknown metric(s) {unknown}; choose from {list(METRIC_COLUMNS)}.")
+    if not (target in ("label", "predicted") or (isinstance(target, int) and not isinstance(target, bool))):
+        raise ValueError(f"target must be 'label', 'predicted' or an int class, got {target!r}.")
+    if on_error not in ("raise", "skip"):
+        raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}.")
+    params = {k: dict(v) for k, v in (metric_params or {}).items()}
+    bad = [k for k in params if k not in METRIC_COLUMNS]
+    if bad:
+        raise ValueError(f"metric_params has unknown metric(s) {bad}; choose from {list(METRIC_COLUMNS)}.")
+    steps = M._check_steps(steps)
+    M._check_batch_size(batch_size)
+    M._check_preprocess(preprocess)
+    factory = explainer_factory if explainer_factory is not None else _default_factory()
+
+    columns = [c for m in metric_list for c in METRIC_COLUMNS[m]]
+    config: dict[str, Any] = {
+        "methods": specs, "metrics": metric_list, "steps": steps, "metric_params": _describe(params),
+        "target": target, "layers": _describe(layers), "preprocess": _describe(preprocess),
+    }
+    paths = _output_paths(out_dir, path)
+    done: dict[tuple[int, str], dict[str, Any]] = {}
+    if paths:
+        paths["rows_jsonl"].parent.mkdir(parents=True, exist_ok=True)
+        if not resume:
+            for p in paths.values():
+                p.unlink(missing_ok=True)
+        if paths["config"].exists() and paths["rows_jsonl"].exists():
+            old = json.loads(paths["config"].read_text(encoding="utf-8"))
+            config = _check_config(old, json.loads(json.dumps(_json_value(config))), paths["config"])
+        _write_json(paths["config"], config)
+        for r in _read_rows(paths["rows_jsonl"]):
+            done[(int(r["index"]), str(r["method"]))] = r
+    writer = _RowWriter(paths.get("rows_jsonl"))
+
+    norm_only = Preprocess(mean=preprocess.mean, std=preprocess.std) if preprocess is not None else None
+    total = len(dataset) if hasattr(dataset, "__len__") else None  # type: ignore[arg-type]
+    rows: list[dict[str, Any]] = []
+    errors: list[dict[str, Any]] = []
+    computed = 0
+
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=total, desc="evaluate", unit="img", disable=not progress)
+    try:
+        for index, load in _iterate(dataset):
+            todo = [name for name in specs if (index, name) not in done]
+            if todo:
+                raw = load()
+                item = _as_item(raw, index)
+                new_rows, new_errors = _evaluate_item(
+                    model, item, index, todo, specs, metric_list, params, preprocess, norm_only, target,
+                    layers, steps, batch_size, factory, on_error, writer, bar)
+                for r in new_rows:
+                    done[(index, str(r["method"]))] = r
+                computed += len(new_rows)
+                errors.extend(new_errors)
+            rows.extend(done[(index, name)] for name in specs if (index, name) in done)
+            bar.update(1)
+    finally:
+        bar.close()
+
+    summary = summarize(rows, list(specs), [*_META_COLUMNS[5:], *columns])
+    if paths:
+        all_columns = [*_META_COLUMNS, *columns]
+        _write_csv(paths["rows_csv"], rows, all_columns)
+        _write_csv(paths["summary_csv"], summary,
+                   ["method", "metric", "n", "mean", "std", "ci_low", "ci_high"])
+        _write_json(paths["summary_json"], {"config": config, "summary": summary, "errors": errors,
+                                            "n_rows": len(rows)})
+    return EvaluationResult(rows=rows, summary=summary, errors=errors, paths=paths, config=config,
+                            computed=computed)
+
+
+def _evaluate_item(model: nn.Module, item: _Item, index: int, todo: Sequence[str],
+                   specs: Mapping[str, Mapping[str, Any]], metric_list: Sequence[str],
+                   params: Mapping[str, Mapping[str, Any]], preprocess: Preprocess | None,
+                   norm_only: Preprocess | None, target_mode: Any, layers: Any, steps: int, batch_size: int,
+                   factory: ExplainerFactory, on_error: str, writer: _RowWriter, bar: Any
+                   ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    pixels = load_image(item.image)
+    geo = preprocess.geometry(pixels) if preprocess is not None else pixels
+    hw = (int(geo.shape[-2]), int(geo.shape[-1]))
+    scorer = M._Scorer(model, norm_only, batch_size)
+    with M._eval_mode(model), torch.inference_mode():
+        logits = scorer.logits(geo[None])
+    predicted = int(logits.argmax(dim=1)[0])
+    if isinstance(target_mode, int):
+        tgt = target_mode
+    elif target_mode == "label" and item.label is not None:
+        tgt = item.label
+    else:
+        tgt = predicted
+    tgt = int(M._resolve_targets(tgt, logits)[0])  # range check with a clear message
+    prob = float(torch.softmax(logits, dim=1)[0, tgt])
+    needs_truth = any(m in _GROUND_TRUTH_METRICS for m in metric_list)
+    mask, box = (_ground_truth_at(item, hw, (int(pixels.shape[-2]), int(pixels.shape[-1])), preprocess)
+                 if needs_truth else (None, None))
+
+    rows, errors = [], []
+    for name in todo:
+        spec = specs[name]
+        bar.set_postfix_str(f"{index}:{name}", refresh=False)
+        try:
+            t0 = time.perf_counter()
+            explainer = factory(model, item.image, target=tgt, layers=layers, preprocess=preprocess)
+            result = getattr(explainer, spec["method"])(**spec["params"])
+            emap = M._map_array(result, f"The map of {name}")
+            seconds = time.perf_counter() - t0
+            t1 = time.perf_counter()
+            values = _score(model, geo, emap, tgt, norm_only, metric_list, params, steps, batch_size,
+                            mask, box, factory, layers, spec)
+            metric_seconds = time.perf_counter() - t1
+        except (KeyboardInterrupt, SystemExit):
+            raise
+        except Exception as err:
+            if on_error == "raise":
+                raise
+            errors.append({"index": index, "method": name, "error": f"{type(err).__name__}: {err}"})
+            continue
+        row: dict[str, Any] = {"index": index, "method": name, "label": item.label, "target": tgt,
+                               "predicted": predicted, "probability": prob, "seconds": seconds,
+                               "metric_seconds": metric_seconds, **values}
+        writer.append(row)
+        rows.append(_json_value(row))
+    return rows, errors
+
+
+def _score(model: nn.Module, geo: torch.Tensor, emap: np.ndarray, tgt: int, norm_only: Preprocess | None,
+           metric_list: Sequence[str], params: Mapping[str, Mapping[str, Any]], steps: int, batch_size: int,
+           mask: np.ndarray | None, box: tuple[int, int, int, int] | None, factory: ExplainerFactory,
+           layers: Any, spec: Mapping[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    want = set(metric_list)
+
+    def kw(name: str) -> dict[str, Any]:
+        return dict(params.get(name, {}))
+
+    ad = None
+    if want & {"average_drop", "increase_in_confidence", "adcc"}:
+        cc = M.confidence_change(model, geo, emap, tgt, norm_only, batch_size=batch_size)
+        ad = float(cc.average_drop)
+        if "average_drop" in want:
+            out["average_drop"] = ad
+        if "increase_in_confidence" in want:
+            out["increase_in_confidence"] = float(cc.increase_in_confidence)
+    ins = dele = None
+    if want & {"insertion", "over_all"}:
+        ins = M.insertion(model, geo, emap, tgt, norm_only, **{"steps": steps, "batch_size": batch_size,
+                                                               **kw("insertion")}).auc
+    if want & {"deletion", "over_all"}:
+        dele = M.deletion(model, geo, emap, tgt, norm_only, **{"steps": steps, "batch_size": batch_size,
+                                                              **kw("deletion")}).auc
+    if "insertion" in want:
+        out["insertion"] = ins
+    if "deletion" in want:
+        out["deletion"] = dele
+    if "over_all" in want:
+        assert ins is not None and dele is not None
+        out["over_all"] = M.over_all(ins, dele)
+    if "adcc" in want:
+        def explain_fn(masked: torch.Tensor, t: int) -> Any:
+            ex = factory(model, masked, target=t, layers=layers, preprocess=norm_only)
+            return getattr(ex, spec["method"])(**spec["params"])
+
+        coh = float(M.coherency(model, geo, emap, tgt, norm_only, explain_fn=explain_fn,
+                                batch_size=batch_size))
+        cx = float(M.complexity(emap))
+        out["adcc"] = float(M._adcc_formula(np.array([coh]), np.array([cx]), np.array([ad]))[0])
+        out["coherency"] = coh
+        out["complexity"] = cx
+    truth: Any = mask if mask is not None else box
+    for name in ("energy_pointing_game", "pointing_game", "saliency_score"):
+        if name in want:
+            out[name] = None if truth is None else float(getattr(M, name)(emap, truth, **kw(name)))
+    if "localisation" in want:
+        if truth is None:
+            out.update(iou=None, precision=None, recall=None, f1=None, box_iou=None)
+        else:
+            loc = M.localisation(emap, truth, box=box, **kw("localisation"))
+            out.update(iou=float(loc.iou), precision=float(loc.precision), recall=float(loc.recall),
+                       f1=float(loc.f1), box_iou=float(loc.box_iou))
+    return out

@@ -1,0 +1,58 @@
+"""Public metrics API: faithfulness and localisation scores for saliency maps.
+
+A thin re-export of :mod:`camwidgets.core.metrics` (SPEC.md §6), which documents the
+conventions: model-based metrics take ``(model, image, saliency_map, target=None,
+preprocess=None, **params)`` and mask in pixel space; map-only metrics take
+``(saliency_map, mask_or_box, **params)``.
+
+Examples
+--------
+>>> import numpy as np
+>>> from camwidgets.metrics import energy_pointing_game
+>>> mask = np.zeros((4, 4), dtype=bool); mask[:2] = True
+>>> energy_pointing_game(mask.astype(float), mask)
+1.0
+"""
+
+from __future__ import annotations
+
+from camwidgets.core.metrics import *  # noqa: F403
+from camwidgets.core.metrics import (
+    ADCCResult,
+    ConfidenceChange,
+    CurveResult,
+    LocalisationResult,
+    adcc,
+    average_drop,
+    coherency,
+    complexity,
+    confidence_change,
+    deletion,
+    energy_pointing_game,
+    increase_in_confidence,
+    insertion,
+    localisation,
+    over_all,
+    pointing_game,
+    saliency_score,
+)
+
+__all__ = [
+    "ADCCResult",
+    "ConfidenceChange",
+    "CurveResult",
+    "LocalisationResult",
+    "adcc",
+    "average_drop",
+    "coherency",
+    "complexity",
+    "confidence_change",
+    "deletion",
+    "energy_pointing_game",
+    "increase_in_confidence",
+    "insertion",
+    "localisation",
+    "over_all",
+    "pointing_game",
+    "saliency_score",
+]
