@@ -5,7 +5,10 @@ Usage::
     python -m camwidgets.datasets.train_demo                 # writes camwidgets/data/demo_model.pt
     python -m camwidgets.datasets.train_demo --out my.pt --epochs 8
 
-Deterministic: the data come from fixed seeds, the initialisation and the
+Training images get flips, 90-degree rotations and, for half of each batch, I-CAM's
+own perturbation (Gaussian noise plus pixel dropout, strength up to 0.6) so that the
+model, like an ImageNet model, keeps its prediction under the perturbations the
+explainers use. Deterministic: the data come from fixed seeds, the initialisation and the
 shuffling from ``torch.manual_seed``, and ``torch.use_deterministic_algorithms``
 is on; with the same torch build and thread count (``--threads``, default 2) the
 weights are bitwise identical. It prints one JSON line with the held-out accuracy
@@ -51,6 +54,24 @@ def _augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
             img = img.flip(-2)
         out.append(torch.rot90(img, k, dims=(-2, -1)))
     return torch.stack(out)
+
+
+def _perturb(x: torch.Tensor, gen: torch.Generator, p: float = 0.5, max_alpha: float = 0.6) -> torch.Tensor:
+    """I-CAM-style perturbations (000_* eq. 4) on a random half of the batch.
+
+    For a chosen image, ``alpha ~ U(0, max_alpha)``, then ``clip((x + alpha N) * M, 0, 1)``
+    with ``N ~ N(0, 1)`` and a keep-mask ``M ~ Bernoulli(1 - alpha)`` shared by the
+    channels. A model trained on clean images alone flips its prediction under such
+    noise (every MDS is then 0 and I-CAM has nothing to weigh layers by); ImageNet models
+    are robust to it, and the demo model should behave like them.
+    """
+    n = x.shape[0]
+    chosen = (torch.rand(n, generator=gen) < p).view(n, 1, 1, 1)
+    alpha = (torch.rand(n, generator=gen) * max_alpha).view(n, 1, 1, 1)
+    noise = torch.randn(x.shape, generator=gen)
+    keep = (torch.rand((n, 1, *x.shape[-2:]), generator=gen) >= alpha).to(x.dtype)
+    perturbed = ((x + alpha * noise) * keep).clamp(0.0, 1.0)
+    return torch.where(chosen, perturbed, x)
 
 
 @torch.inference_mode()
@@ -105,7 +126,7 @@ def _train(epochs: int, n_train: int, n_multi: int, batch_size: int, lr: float, 
         total, seen = 0.0, 0
         for start in range(0, len(perm), batch_size):
             idx = perm[start:start + batch_size]
-            x = pre(_augment(x_all[idx], gen)).contiguous(memory_format=torch.channels_last)
+            x = pre(_perturb(_augment(x_all[idx], gen), gen)).contiguous(memory_format=torch.channels_last)
             loss = F.cross_entropy(model(x), y_all[idx], label_smoothing=0.05)
             opt.zero_grad(set_to_none=True)
             loss.backward()
