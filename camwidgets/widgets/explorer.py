@@ -1,0 +1,511 @@
+"""CAMExplorer: sliders for α, T and θ over live Grad-CAM / LayerCAM / I-CAM / Fusion-CAM panes."""
+
+from __future__ import annotations
+
+import html
+import json
+import time
+from collections import OrderedDict
+from collections.abc import Hashable, Sequence
+from pathlib import Path
+from typing import Any
+from weakref import WeakKeyDictionary
+
+import ipywidgets as widgets
+import torch
+from traitlets import Enum, Float, Int, List, TraitError, Unicode, observe, validate
+
+from ..core import metrics as M
+from ..core.explainer import Explainer
+from ..core.image import load_image
+from ..core.preprocess import Preprocess
+from ..datasets.samples import list_samples, load_sample
+from ..viz.cam import COLORSCALES
+from ._runner import LatestRunner
+from .panes import METHOD_LABELS, FusionPanel, LayerPanel, MapPane, MetricsPanel
+
+__all__ = ["DEFAULT_METHODS", "CAMExplorer"]
+
+#: Methods shown when none are given.
+DEFAULT_METHODS: tuple[str, ...] = ("gradcam", "layercam", "icam", "fusioncam")
+_EXPLAINER_CACHE = 4
+
+
+class CAMExplorer(widgets.VBox):
+    """Explore CAMs of a model on an image with sliders, in JupyterLab or Notebook 7.
+
+    Parameters
+    ----------
+    model : torch.nn.Module, optional
+        The CNN to explain. None opens on the embedded demo model
+        (:func:`camwidgets.load_demo_model`) and a bundled sample image.
+    image : sample name, path, bytes, PIL image, array or tensor, optional
+        The image; a name from :func:`camwidgets.list_samples` picks a bundled one.
+    target : int, optional
+        Class to explain; None explains the predicted class.
+    methods : sequence of str, optional
+        Methods shown, from ``gradcam``, ``layercam``, ``icam``, ``fusioncam`` (the default
+        four), ``gradcampp``, ``xgradcam``, ``scorecam``, ``unioncam``.
+    preprocess : Preprocess, optional
+        The model's preprocessing (required with a user model unless the model takes
+        ``[0, 1]`` pixels as they are).
+    class_names : sequence of str, optional
+        Names of the model's classes (for the target dropdown).
+    metrics : bool, default True
+        Compute AD, IC and ADCC after every update (after the maps are drawn).
+    curves : bool, default True
+        Then compute insertion / deletion AUC and curves (``curve_steps`` steps).
+    background : bool, default True
+        Compute on a worker thread (one computation at a time, the latest value wins).
+        False computes synchronously in the trait change (scripts, debugging).
+
+    Traits
+    ------
+    alpha (0-1), threshold (0.5-1), theta (0-50), bias, n_perturbations, target, methods,
+    opacity, colorscale: each linked to its control; set them from code to drive the
+    explorer, then call :meth:`wait`.
+
+    Attributes
+    ----------
+    figures : dict str -> FigureWidget
+        Every pane: one per method (by method name), ``"icam_scores"``, ``"icam_maps"``,
+        ``"perturbations"``, ``"fusion"``, ``"metrics"``, ``"curves"``.
+    results : dict str -> result
+        The core's result object for each shown method.
+    timings : dict
+        Seconds the last update took: ``"maps"``, ``"metrics"``, ``"curves"``.
+    """
+
+    alpha = Float(0.4, help="I-CAM perturbation strength α in [0, 1]")
+    threshold = Float(0.95, help="I-CAM layer threshold T in [0.5, 1]")
+    theta = Float(10.0, help="Fusion-CAM / UnionCAM denoise percentile θ in [0, 50]")
+    bias = Enum(("channel", "spatial", "none"), default_value="channel", help="I-CAM bias")
+    n_perturbations = Int(8, help="number of I-CAM perturbations (1-32)")
+    target = Int(None, allow_none=True, help="explained class; None = the predicted class")
+    methods = List(Unicode(), help="methods shown")
+    opacity = Float(0.5, help="overlay opacity in [0, 1]")
+    colorscale = Unicode("Jet", help="heatmap colour scale")
+    message = Unicode("", help="the last error shown in the status line ('' if none)")
+
+    def __init__(self, model: torch.nn.Module | None = None, image: Any = None, target: int | None = None,
+                 methods: Sequence[str] | None = None, *, preprocess: Preprocess | None = None,
+                 class_names: Sequence[str] | None = None, metrics: bool = True, curves: bool = True,
+                 curve_steps: int = 50, background: bool = True, alpha: float = 0.4,
+                 threshold: float = 0.95, theta: float = 10.0, bias: str = "channel",
+                 n_perturbations: int = 8) -> None:
+        if model is None:
+            from ..models.demo import load_demo_model
+
+            model, demo_pre, demo_names = load_demo_model()
+            preprocess = preprocess or demo_pre
+            class_names = class_names or demo_names
+            image = "shapes-star" if image is None else image
+        elif image is None:
+            image = "chelsea"
+        if not isinstance(model, torch.nn.Module):
+            raise ValueError(f"model must be a torch.nn.Module, not {type(model).__name__}.")
+        self.model = model
+        self.preprocess = preprocess
+        self.class_names = list(class_names) if class_names is not None else None
+        self.compute_metrics, self.compute_curves, self.curve_steps = metrics, curves, int(curve_steps)
+        self.figures: dict[str, Any] = {}
+        self.results: dict[str, Any] = {}
+        self.metric_values: dict[str, dict[str, float | None]] = {}
+        self.timings: dict[str, float] = {}
+        #: Times the panes were redrawn with new maps (the status line shows the last duration).
+        self.map_updates = 0
+        self._metrics_cache: WeakKeyDictionary[Any, dict[str, Any]] = WeakKeyDictionary()
+        self._explainers: OrderedDict[Hashable, Explainer] = OrderedDict()
+        self._runner = LatestRunner(on_error=self._show_error, background=background)
+        self._shown_image_key: Hashable | None = None
+        self._syncing_toggles = False
+        self._ready = False
+
+        # The image first: a bad one fails here, before any widget exists.
+        self._image, self._image_key, self._image_label = self._load(image)
+        super().__init__()
+        with self.hold_trait_notifications():
+            self.alpha, self.threshold, self.theta = alpha, threshold, theta
+            self.bias, self.n_perturbations, self.target = bias, n_perturbations, target
+            self.methods = list(methods) if methods is not None else list(DEFAULT_METHODS)
+        self._build()
+        self._ready = True
+        self._request()
+
+    # -- validation -----------------------------------------------------------------------
+    @validate("alpha")
+    def _v_alpha(self, p: dict[str, Any]) -> float:
+        return min(1.0, max(0.0, float(p["value"])))
+
+    @validate("threshold")
+    def _v_threshold(self, p: dict[str, Any]) -> float:
+        return min(1.0, max(0.5, float(p["value"])))
+
+    @validate("theta")
+    def _v_theta(self, p: dict[str, Any]) -> float:
+        return min(50.0, max(0.0, float(p["value"])))
+
+    @validate("opacity")
+    def _v_opacity(self, p: dict[str, Any]) -> float:
+        return min(1.0, max(0.0, float(p["value"])))
+
+    @validate("n_perturbations")
+    def _v_n(self, p: dict[str, Any]) -> int:
+        return min(32, max(1, int(p["value"])))
+
+    @validate("methods")
+    def _v_methods(self, p: dict[str, Any]) -> list[str]:
+        unknown = [m for m in p["value"] if m not in METHOD_LABELS]
+        if unknown:
+            raise TraitError(f"Unknown method(s) {unknown}; choose from {list(METHOD_LABELS)}.")
+        return list(dict.fromkeys(p["value"]))
+
+    @validate("target")
+    def _v_target(self, p: dict[str, Any]) -> int | None:
+        t = p["value"]
+        n = self._num_classes()
+        if t is not None and n is not None and not 0 <= int(t) < n:
+            raise TraitError(f"Target class {t} is out of range: the model has {n} classes (0-{n - 1}).")
+        return t
+
+    def _num_classes(self) -> int | None:
+        if self.class_names is not None:
+            return len(self.class_names)
+        exp = next(reversed(self._explainers.values()), None) if self._explainers else None
+        return None if exp is None else int(exp.probabilities.shape[-1])
+
+    # -- building the widget (once) ---------------------------------------------------------
+    def _slider(self, trait: str, lo: float, hi: float, step: float, label: str) -> widgets.FloatSlider:
+        s = widgets.FloatSlider(value=getattr(self, trait), min=lo, max=hi, step=step, description=label,
+                                continuous_update=True, readout_format=".2f" if step < 1 else ".0f",
+                                style={"description_width": "initial"},
+                                layout=widgets.Layout(width="300px"))
+        widgets.link((s, "value"), (self, trait))
+        return s
+
+    def _build(self) -> None:
+        samples = list_samples()
+        self.image_picker = widgets.Dropdown(
+            options=[*samples, "(uploaded)"] if self._image_label not in samples else samples,
+            value=self._image_label if self._image_label in samples else None,
+            description="image", layout=widgets.Layout(width="230px"))
+        self.image_picker.observe(self._on_pick, "value")
+        self.upload = widgets.FileUpload(accept="image/*", multiple=False, description="upload image")
+        self.upload.observe(self._on_upload, "value")
+        self.target_picker = widgets.Dropdown(options=[("predicted class", None)], value=None,
+                                              description="class", layout=widgets.Layout(width="300px"))
+        self.target_picker.observe(self._on_target_pick, "value")
+        self.method_toggles = {
+            m: widgets.ToggleButton(value=m in self.methods, description=label,
+                                    layout=widgets.Layout(width="auto"))
+            for m, label in METHOD_LABELS.items()
+        }
+        for b in self.method_toggles.values():
+            b.observe(self._on_toggle, "value")
+        self.sliders = {
+            "alpha": self._slider("alpha", 0.0, 1.0, 0.05, "α (I-CAM)"),
+            "threshold": self._slider("threshold", 0.5, 1.0, 0.01, "T (I-CAM)"),
+            "theta": self._slider("theta", 0.0, 50.0, 1.0, "θ (Fusion-CAM)"),
+            "opacity": self._slider("opacity", 0.0, 1.0, 0.05, "opacity"),
+        }
+        self.n_slider = widgets.IntSlider(value=self.n_perturbations, min=1, max=32, description="n (I-CAM)",
+                                          continuous_update=False, layout=widgets.Layout(width="300px"))
+        widgets.link((self.n_slider, "value"), (self, "n_perturbations"))
+        self.bias_picker = widgets.ToggleButtons(options=["channel", "spatial", "none"], value=self.bias,
+                                                 description="bias", style={"button_width": "70px"})
+        widgets.link((self.bias_picker, "value"), (self, "bias"))
+        self.colorscale_picker = widgets.Dropdown(options=list(COLORSCALES), value=self.colorscale,
+                                                  description="colours", layout=widgets.Layout(width="200px"))
+        widgets.link((self.colorscale_picker, "value"), (self, "colorscale"))
+        self.status = widgets.HTML(value="")
+        self.progress = widgets.FloatProgress(value=0, min=0, max=1, layout=widgets.Layout(width="120px"))
+
+        self.panes = {m: MapPane(m, self._image, self.opacity, self.colorscale) for m in METHOD_LABELS}
+        self.layer_panel = LayerPanel()
+        self.fusion_panel = FusionPanel()
+        self.metrics_panel = MetricsPanel()
+        self.maps_box = widgets.HBox(layout=widgets.Layout(flex_flow="row wrap"))
+        self._refresh_visible()
+        self.icam_box = widgets.VBox([widgets.HTML("<b>I-CAM: layers and perturbations</b>"), self.layer_panel])
+        self.fusion_box = widgets.VBox([widgets.HTML("<b>Fusion-CAM: components</b>"), self.fusion_panel])
+        self.metrics_box = widgets.VBox([widgets.HTML("<b>Metrics</b>"), self.metrics_panel])
+        controls = widgets.VBox([
+            widgets.HBox([self.image_picker, self.upload, self.target_picker]),
+            widgets.HBox(list(self.method_toggles.values()), layout=widgets.Layout(flex_flow="row wrap")),
+            widgets.HBox([self.sliders["alpha"], self.sliders["threshold"], self.sliders["theta"]]),
+            widgets.HBox([self.bias_picker, self.n_slider]),
+            widgets.HBox([self.sliders["opacity"], self.colorscale_picker]),
+            widgets.HBox([self.progress, self.status]),
+        ])
+        self.children = [controls, self.maps_box, self.icam_box, self.fusion_box, self.metrics_box]
+        self._collect_figures()
+
+    def _collect_figures(self) -> None:
+        figs = {m: p.figure for m, p in self.panes.items()}
+        figs.update(icam_scores=self.layer_panel.scores, icam_maps=self.layer_panel.maps,
+                    perturbations=self.layer_panel.perturbations, fusion=self.fusion_panel.figure,
+                    metrics=self.metrics_panel.table, curves=self.metrics_panel.curves)
+        self.figures.clear()
+        self.figures.update(figs)
+
+    def _refresh_visible(self) -> None:
+        self.maps_box.children = [self.panes[m] for m in METHOD_LABELS if m in self.methods]
+        if hasattr(self, "icam_box"):
+            self.icam_box.layout.display = None if "icam" in self.methods else "none"
+            self.fusion_box.layout.display = None if "fusioncam" in self.methods else "none"
+
+    # -- events -------------------------------------------------------------------------------
+    @observe("alpha", "threshold", "theta", "bias", "n_perturbations", "target", "methods")
+    def _on_param(self, change: dict[str, Any]) -> None:
+        if not self._ready:
+            return
+        if change["name"] == "methods":
+            self._syncing_toggles = True  # the toggles follow the trait, not the other way round
+            try:
+                for m, b in self.method_toggles.items():
+                    b.value = m in self.methods
+            finally:
+                self._syncing_toggles = False
+            self._refresh_visible()
+        if change["name"] == "target" and self.target_picker.value != self.target:
+            values = [v for _, v in self.target_picker.options]
+            if self.target in values:
+                self.target_picker.value = self.target
+        self._request()
+
+    @observe("opacity", "colorscale")
+    def _on_style(self, change: dict[str, Any]) -> None:
+        if not self._ready:
+            return
+        for pane in self.panes.values():
+            pane.style(opacity=self.opacity, colorscale=self.colorscale)
+
+    def _on_toggle(self, change: dict[str, Any]) -> None:
+        if self._syncing_toggles:
+            return
+        chosen = [m for m, b in self.method_toggles.items() if b.value]
+        if chosen != self.methods:
+            self.methods = chosen
+
+    def _on_target_pick(self, change: dict[str, Any]) -> None:
+        if change["new"] != self.target:
+            self._guard(lambda: setattr(self, "target", change["new"]))
+
+    def _on_pick(self, change: dict[str, Any]) -> None:
+        if change["new"] and change["new"] != "(uploaded)" and change["new"] != self._image_label:
+            self.set_image(change["new"])
+
+    def _on_upload(self, change: dict[str, Any]) -> None:
+        files = change["new"]
+        if not files:
+            return
+        f = files[0]
+        content = f["content"] if isinstance(f, dict) else f.content
+        name = f["name"] if isinstance(f, dict) else f.name
+        self.set_image(bytes(content), label=f"upload: {name}")
+
+    def _guard(self, fn: Any) -> None:
+        try:
+            fn()
+        except (TraitError, ValueError) as err:
+            self._show_error(err)
+
+    # -- public ---------------------------------------------------------------------------------
+    def set_image(self, image: Any, label: str | None = None) -> bool:
+        """Show a new image (sample name, path, bytes, PIL, array or tensor).
+
+        A bad image shows its error in the status line and leaves the explorer as it was;
+        returns whether the image was accepted.
+        """
+        try:
+            img, key, auto_label = self._load(image)
+        except ValueError as err:
+            self._show_error(err)
+            return False
+        self._image, self._image_key = img, key
+        self._image_label = label or auto_label
+        if self._image_label not in self.image_picker.options:
+            self.image_picker.options = [o for o in self.image_picker.options if o != "(uploaded)"] + ["(uploaded)"]
+            self.image_picker.value = "(uploaded)"
+        else:
+            self.image_picker.value = self._image_label
+        self.message = ""
+        with self.hold_trait_notifications():
+            self.target = None
+        self._request()
+        return True
+
+    def wait(self, timeout: float | None = 600) -> bool:
+        """Block until pending computations have finished and the panes are updated."""
+        return self._runner.wait(timeout)
+
+    @property
+    def explainer(self) -> Explainer | None:
+        """The core :class:`~camwidgets.core.Explainer` behind the current image and class."""
+        return self._explainers.get((self._image_key, self.target))
+
+    def export_html(self, path: str | Path) -> Path:
+        """Save every visible figure in one standalone HTML file (plotly.js inlined: works offline)."""
+        path = Path(path)
+        parts = [f"<h2>camwidgets: {html.escape(self._image_label)}</h2>"]
+        for i, (name, fig) in enumerate(self._visible_figures().items()):
+            parts.append(f"<h3>{html.escape(name)}</h3>")
+            parts.append(fig.to_html(full_html=False, include_plotlyjs="inline" if i == 0 else False))
+        path.write_text("<!DOCTYPE html><html><head><meta charset='utf-8'></head><body>"
+                        + "\n".join(parts) + "</body></html>", encoding="utf-8")
+        return path
+
+    def export_json(self, path: str | Path | None = None) -> dict[str, Any]:
+        """The parameters, results (maps as nested lists) and metrics as JSON (and to ``path``)."""
+        exp = self.explainer
+        doc: dict[str, Any] = {
+            "image": self._image_label,
+            "target": None if exp is None else exp.target,
+            "target_name": None if exp is None or self.class_names is None else self.class_names[exp.target],
+            "params": {"alpha": self.alpha, "threshold": self.threshold, "theta": self.theta, "bias": self.bias,
+                       "n_perturbations": self.n_perturbations},
+            "results": {m: {"params": dict(r.params), "layer": r.layer, "map": r.map.tolist()}
+                        for m, r in self.results.items()},
+            "metrics": self.metric_values,
+        }
+        if path is not None:
+            Path(path).write_text(json.dumps(doc), encoding="utf-8")
+        return doc
+
+    def _visible_figures(self) -> dict[str, Any]:
+        names = [m for m in METHOD_LABELS if m in self.methods]
+        if "icam" in self.methods:
+            names += ["icam_scores", "icam_maps", "perturbations"]
+        if "fusioncam" in self.methods:
+            names.append("fusion")
+        names += ["metrics", "curves"]
+        return {n: self.figures[n] for n in names}
+
+    # -- computation (on the runner's thread) --------------------------------------------------
+    def _load(self, image: Any) -> tuple[torch.Tensor, Hashable, str]:
+        if isinstance(image, str) and image in list_samples():
+            return load_sample(image)["image"], ("sample", image), image
+        img = load_image(image)
+        key = ("tensor", hash(img.numpy().tobytes()), tuple(img.shape))
+        label = Path(image).name if isinstance(image, (str, Path)) else f"{type(image).__name__} image"
+        return img, key, label
+
+    def _request(self) -> None:
+        self.progress.value = 0.05
+        self.progress.bar_style = "info"
+        self._runner.submit(self._update)
+
+    def _show_error(self, err: BaseException) -> None:
+        text = str(err) or type(err).__name__
+        self.message = text
+        if hasattr(self, "status"):
+            self.status.value = f"<span style='color:#c0392b'>⚠ {html.escape(text)}</span>"
+            self.progress.value, self.progress.bar_style = 1, "danger"
+
+    def _set_status(self, text: str, progress: float) -> None:
+        self.status.value = text
+        self.progress.value = progress
+        self.progress.bar_style = "success" if progress >= 1 else "info"
+
+    def _explainer_for(self, key: Hashable, image: torch.Tensor, target: int | None) -> Explainer:
+        k = (key, target)
+        if k in self._explainers:
+            self._explainers.move_to_end(k)
+            return self._explainers[k]
+        exp = Explainer(self.model, image, target=target, preprocess=self.preprocess)
+        self._explainers[k] = exp
+        while len(self._explainers) > _EXPLAINER_CACHE:
+            self._explainers.popitem(last=False)
+        return exp
+
+    def _run_method(self, exp: Explainer, method: str) -> Any:
+        if method == "icam":
+            return exp.icam(alpha=self.alpha, threshold=self.threshold, n=self.n_perturbations, bias=self.bias)
+        if method == "fusioncam":
+            return exp.fusioncam(theta=self.theta)
+        if method == "unioncam":
+            return exp.unioncam(theta=self.theta)
+        return getattr(exp, method)()
+
+    def _update_targets(self, exp: Explainer) -> None:
+        probs = exp.probabilities
+        names = self.class_names or [f"class {i}" for i in range(len(probs))]
+        top = [int(i) for i in probs.argsort()[::-1][:5]]
+        options: list[tuple[str, int | None]] = [(f"predicted: {names[top[0]]} ({probs[top[0]]:.1%})", None)]
+        options += [(f"{names[i]} ({probs[i]:.1%})", i) for i in top]
+        options += [(f"{names[i]}", i) for i in range(len(probs)) if i not in top]
+        self.target_picker.options = options
+        self.target_picker.value = self.target
+
+    def _update(self) -> None:
+        t0 = time.perf_counter()
+        self._set_status("computing…", 0.1)
+        key, image, target, methods = self._image_key, self._image, self.target, list(self.methods)
+        exp = self._explainer_for(key, image, target)
+        new_image = key != self._shown_image_key
+        if new_image:
+            pixels = exp.image
+            for pane in self.panes.values():
+                pane.set_image(pixels)
+            self._update_targets(exp)
+            self._shown_image_key = key
+        results: dict[str, Any] = {}
+        for i, m in enumerate(methods):
+            results[m] = self._run_method(exp, m)
+            self.panes[m].update(results[m])
+            self.progress.value = 0.1 + 0.6 * (i + 1) / max(1, len(methods))
+        if "icam" in results:
+            self.layer_panel.update(results["icam"])
+        if "fusioncam" in results:
+            self.fusion_panel.update(results["fusioncam"])
+        self._collect_figures()
+        self.results = results
+        self.message = ""
+        self.timings = {"maps": time.perf_counter() - t0}
+        self.map_updates += 1
+        label = (self.class_names[exp.target] if self.class_names else f"class {exp.target}")
+        self._set_status(f"{html.escape(label)}: maps in {self.timings['maps'] * 1000:.0f} ms", 0.75)
+        if self.compute_metrics:
+            self._metrics(exp, results)
+        self._set_status(f"{html.escape(label)}: maps in {self.timings['maps'] * 1000:.0f} ms"
+                         + (f", metrics in {self.timings['metrics'] * 1000:.0f} ms" if "metrics" in self.timings
+                            else "")
+                         + (f", curves in {self.timings['curves'] * 1000:.0f} ms" if "curves" in self.timings
+                            else ""), 1.0)
+
+    def _metrics(self, exp: Explainer, results: dict[str, Any]) -> None:
+        t0 = time.perf_counter()
+        model, pre, img, tgt = self.model, self.preprocess, exp.image, exp.target
+        rows: dict[str, dict[str, float | None]] = {}
+        for m, r in results.items():
+            cached = self._metrics_cache.setdefault(r, {})
+            if "AD ↓" not in cached:
+                if self._runner.superseded():
+                    return
+                cc = M.confidence_change(model, img, r, target=tgt, preprocess=pre)
+                cached["AD ↓"], cached["IC ↑"] = float(cc.average_drop), float(cc.increase_in_confidence)
+                cached["ADCC ↑"] = float(M.adcc(model, img, r, target=tgt, preprocess=pre).adcc)
+            rows[m] = {k: cached.get(k) for k in ("AD ↓", "IC ↑", "ADCC ↑", "insertion ↑", "deletion ↓")}
+        self.metric_values = rows
+        self.metrics_panel.update_rows(rows)
+        self.timings["metrics"] = time.perf_counter() - t0
+        if not self.compute_curves:
+            return
+        t1 = time.perf_counter()
+        curves: dict[str, dict[str, Any]] = {}
+        for m, r in results.items():
+            cached = self._metrics_cache[r]
+            if "curves" not in cached:
+                if self._runner.superseded():
+                    return
+                ins = M.insertion(model, img, r, target=tgt, preprocess=pre, steps=self.curve_steps)
+                dele = M.deletion(model, img, r, target=tgt, preprocess=pre, steps=self.curve_steps)
+                cached["insertion ↑"], cached["deletion ↓"] = float(ins.auc), float(dele.auc)
+                cached["curves"] = {"insertion": (ins.fractions, ins.curve), "deletion": (dele.fractions, dele.curve)}
+            rows[m]["insertion ↑"], rows[m]["deletion ↓"] = cached["insertion ↑"], cached["deletion ↓"]
+            curves[m] = cached["curves"]
+        self.metric_values = rows
+        self.metrics_panel.update_rows(rows)
+        self.metrics_panel.update_curves(curves)
+        self.timings["curves"] = time.perf_counter() - t1
+

@@ -1,0 +1,209 @@
+"""CAMExplorer driven through its traitlets, without a browser."""
+
+import numpy as np
+import pytest
+import torch
+
+from camwidgets.widgets import CAMExplorer
+
+
+class PassCounter:
+    """Counts forward calls of a model's top module (added and removed by the test)."""
+
+    def __init__(self, model):
+        self.n = 0
+        self.handle = model.register_forward_pre_hook(self._count)
+
+    def _count(self, module, args):
+        self.n += 1
+
+    def remove(self):
+        self.handle.remove()
+
+
+def _z(fig):
+    return np.array(fig.data[1].z, dtype=np.float32, copy=True)
+
+
+@pytest.fixture(scope="module")
+def explorer():
+    ex = CAMExplorer(metrics=False, curves=False)
+    assert ex.wait(120)
+    assert ex.message == ""
+    return ex
+
+
+def test_opens_on_demo_model_with_default_panes(explorer):
+    assert list(explorer.results) == ["gradcam", "layercam", "icam", "fusioncam"]
+    for m in explorer.results:
+        z = _z(explorer.figures[m])
+        assert z.shape == (128, 128) and float(z.max()) == pytest.approx(1.0) and float(z.min()) >= 0.0
+        assert np.array_equal(z, explorer.results[m].map)
+    assert explorer.explainer.target == explorer.class_names.index("star")
+    # the target dropdown offers top-5 first, then every class
+    opts = explorer.target_picker.options
+    assert opts[0][1] is None and len(opts) == 1 + len(explorer.class_names)
+
+
+def test_threshold_redraws_only_icam_and_runs_no_model_pass(explorer):
+    before = {m: _z(explorer.figures[m]) for m in explorer.results}
+    scores_before = np.array(explorer.figures["icam_scores"].data[0].marker.color)
+    results_before = dict(explorer.results)
+    counter = PassCounter(explorer.model)
+    try:
+        explorer.threshold = 0.6
+        assert explorer.wait(60)
+    finally:
+        counter.remove()
+    assert counter.n == 0
+    assert explorer.results["icam"] is not results_before["icam"]
+    for m in ("gradcam", "layercam", "fusioncam"):
+        assert explorer.results[m] is results_before[m]
+        assert np.array_equal(_z(explorer.figures[m]), before[m])
+    kept = explorer.results["icam"].kept_layers
+    assert len(kept) < len(results_before["icam"].kept_layers)
+    assert not np.array_equal(_z(explorer.figures["icam"]), before["icam"])
+    colors = np.array(explorer.figures["icam_scores"].data[0].marker.color)
+    assert (colors != scores_before).any()
+    explorer.threshold = 0.95
+    assert explorer.wait(60)
+
+
+def test_theta_reruns_only_fusion_with_bounded_forward_passes(explorer):
+    results_before = dict(explorer.results)
+    counter = PassCounter(explorer.model)
+    try:
+        explorer.theta = 30
+        assert explorer.wait(60)
+    finally:
+        counter.remove()
+    # Fusion-CAM's θ stage: the denoised map's contribution, then the combined map's
+    # (which depends on it); the region map, its β and the baseline stay cached.
+    assert 1 <= counter.n <= 2
+    assert explorer.results["fusioncam"] is not results_before["fusioncam"]
+    assert explorer.results["fusioncam"].params["theta"] == 30
+    for m in ("gradcam", "layercam", "icam"):
+        assert explorer.results[m] is results_before[m]
+    fusion_titles = [a.text for a in explorer.figures["fusion"].layout.annotations]
+    assert any("θ=30" in t for t in fusion_titles)
+
+
+def test_alpha_reruns_only_the_perturbations(explorer):
+    before = dict(explorer.results)
+    explorer.alpha = 0.7
+    assert explorer.wait(60)
+    assert explorer.results["icam"].params["alpha"] == pytest.approx(0.7)
+    assert not np.array_equal(explorer.results["icam"].perturbations, before["icam"].perturbations)
+    assert all(explorer.results[m] is before[m] for m in ("gradcam", "layercam", "fusioncam"))
+    assert "α = 0.70" in explorer.figures["perturbations"].layout.title.text
+
+
+def test_rapid_moves_compute_once_more_and_show_the_last_value(explorer):
+    explorer.wait(60)
+    started = explorer._runner.started
+    for i in range(100):
+        explorer.theta = float(i % 50)
+    explorer.theta = 17.0
+    assert explorer.wait(120)
+    # at most the computation already running plus one for the latest value
+    assert explorer._runner.started - started <= 2
+    assert explorer.results["fusioncam"].params["theta"] == 17.0
+    assert np.array_equal(_z(explorer.figures["fusioncam"]), explorer.results["fusioncam"].map)
+
+
+def test_sliders_clamp_and_bad_values_are_refused(explorer):
+    explorer.alpha = 3.0
+    assert explorer.alpha == 1.0
+    with pytest.raises(Exception, match="out of range"):
+        explorer.target = 99
+    with pytest.raises(Exception, match="Unknown method"):
+        explorer.methods = ["gradcam", "magic"]
+    explorer.alpha = 0.4
+    assert explorer.wait(60)
+
+
+def test_non_image_upload_shows_a_message_and_the_explorer_still_works(explorer):
+    before = explorer.results["gradcam"]
+    assert explorer.set_image(b"this is a text file, not a PNG", label="upload: notes.txt") is False
+    assert "not an image" in explorer.message and "not an image" in explorer.status.value
+    assert explorer.results["gradcam"] is before
+    assert explorer.set_image("shapes-circle")
+    assert explorer.wait(120)
+    assert explorer.message == ""
+    assert explorer.results["gradcam"] is not before
+    assert explorer.class_names[explorer.explainer.target] == "circle"
+
+
+def test_target_and_method_toggles(explorer):
+    explorer.target = 0
+    assert explorer.wait(120)
+    assert explorer.explainer.target == 0 and explorer.results["gradcam"].target == 0
+    explorer.methods = ["gradcam", "scorecam"]
+    assert explorer.wait(120)
+    assert set(explorer.results) == {"gradcam", "scorecam"}
+    assert [p.method for p in explorer.maps_box.children] == ["gradcam", "scorecam"]
+    assert explorer.icam_box.layout.display == "none"
+    # the UI path: clicking a method's toggle button
+    explorer.method_toggles["xgradcam"].value = True
+    assert explorer.methods == ["gradcam", "xgradcam", "scorecam"]
+    assert explorer.wait(120) and "xgradcam" in explorer.results
+    explorer.methods = ["gradcam", "layercam", "icam", "fusioncam"]
+    assert [b for b, t in explorer.method_toggles.items() if t.value] == explorer.methods
+    explorer.target = None
+    assert explorer.wait(120)
+
+
+def test_controls_are_linked_to_the_traits(explorer):
+    explorer.sliders["threshold"].value = 0.8
+    assert explorer.threshold == 0.8
+    explorer.theta = 12.0
+    assert explorer.sliders["theta"].value == 12.0
+    explorer.bias_picker.value = "none"
+    assert explorer.bias == "none"
+    assert explorer.wait(120)
+    assert explorer.results["icam"].params["bias"] == "none"
+    assert explorer.results["icam"].params["threshold"] == 0.8
+    explorer.bias, explorer.threshold = "channel", 0.95
+    explorer.opacity = 0.2  # a style change: no computation
+    assert explorer.figures["gradcam"].data[1].opacity == 0.2
+    assert explorer.wait(120)
+
+
+def test_metrics_fill_the_table_after_the_maps():
+    ex = CAMExplorer(methods=["gradcam", "layercam"], metrics=True, curves=True, curve_steps=10)
+    assert ex.wait(300)
+    assert ex.message == ""
+    rows = ex.metric_values
+    assert set(rows) == {"gradcam", "layercam"}
+    for row in rows.values():
+        assert 0.0 <= row["AD ↓"] <= 100.0 and row["IC ↑"] in (0.0, 100.0)
+        assert 0.0 <= row["ADCC ↑"] <= 1.0
+        assert 0.0 <= row["deletion ↓"] <= 1.0 and 0.0 <= row["insertion ↑"] <= 1.0
+    cells = ex.figures["metrics"].data[0].cells.values
+    assert list(cells[0]) == ["Grad-CAM", "LayerCAM"]
+    assert len([t for t in ex.figures["curves"].data if t.visible is not False]) == 4
+
+
+def test_exports(explorer, tmp_path):
+    html = explorer.export_html(tmp_path / "cams.html").read_text()
+    assert "plotly" in html.lower() and "Grad-CAM" in html
+    doc = explorer.export_json(tmp_path / "cams.json")
+    assert set(doc["results"]) == set(explorer.results)
+    assert np.asarray(doc["results"]["gradcam"]["map"]).shape == (128, 128)
+
+
+def test_bad_model_or_image_fails_before_building():
+    with pytest.raises(ValueError, match=r"torch\.nn\.Module"):
+        CAMExplorer(model="resnet")
+    with pytest.raises(ValueError, match="not an image"):
+        CAMExplorer(image=b"nope")
+
+
+def test_user_model_with_torch_tensor_image():
+    from camwidgets.models import load_demo_model
+
+    model, pre, names = load_demo_model()
+    ex = CAMExplorer(model, torch.rand(3, 128, 128), methods=["gradcam"], preprocess=pre, class_names=names,
+                     metrics=False)
+    assert ex.wait(120) and ex.message == ""
+    assert ex.results["gradcam"].map.shape == (128, 128)
