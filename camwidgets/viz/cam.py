@@ -76,8 +76,9 @@ def map_figure(image: Any, cam_map: Any | None = None, title: str = "", opacity:
                    name="map", hovertemplate=_HOVER, visible=cam_map is not None),
     ])
     _square_axes(fig, h, w)
-    fig.update_layout(title={"text": title, "x": 0.5, "font": {"size": 14}}, width=size, height=size + 30,
-                      margin={"l": 2, "r": 2, "t": 30, "b": 2})
+    # A vertical tool bar: on a pane this narrow the horizontal one covers the title.
+    fig.update_layout(title={"text": title, "x": 0.05, "xanchor": "left", "font": {"size": 14}}, width=size,
+                      height=size + 30, margin={"l": 2, "r": 28, "t": 30, "b": 2}, modebar={"orientation": "v"})
     return fig
 
 

@@ -29,6 +29,9 @@ __all__ = ["DEFAULT_METHODS", "CAMExplorer"]
 #: Methods shown when none are given.
 DEFAULT_METHODS: tuple[str, ...] = ("gradcam", "layercam", "icam", "fusioncam")
 _EXPLAINER_CACHE = 4
+_PANE_TITLES = {"icam_scores": "I-CAM layer scores", "icam_maps": "I-CAM per-layer maps",
+                "perturbations": "I-CAM perturbations", "fusion": "Fusion-CAM components",
+                "metrics": "Metrics", "curves": "Insertion / deletion"}
 
 
 class CAMExplorer(widgets.VBox):
@@ -349,7 +352,7 @@ class CAMExplorer(widgets.VBox):
         path = Path(path)
         parts = [f"<h2>camwidgets: {html.escape(self._image_label)}</h2>"]
         for i, (name, fig) in enumerate(self._visible_figures().items()):
-            parts.append(f"<h3>{html.escape(name)}</h3>")
+            parts.append(f"<h3>{html.escape(METHOD_LABELS.get(name, _PANE_TITLES.get(name, name)))}</h3>")
             parts.append(fig.to_html(full_html=False, include_plotlyjs="inline" if i == 0 else False))
         path.write_text("<!DOCTYPE html><html><head><meta charset='utf-8'></head><body>"
                         + "\n".join(parts) + "</body></html>", encoding="utf-8")
