@@ -55,7 +55,8 @@ class CAMExplorer(widgets.VBox):
     class_names : sequence of str, optional
         Names of the model's classes (for the target dropdown).
     metrics : bool, default True
-        Compute AD, IC and ADCC after every update (after the maps are drawn).
+        Compute AD, IC and ADCC after every update, on a second worker once the maps are
+        drawn (the next slider move does not wait for them; stale metrics are dropped).
     curves : bool, default True
         Then compute insertion / deletion AUC and curves (``curve_steps`` steps).
     background : bool, default True
@@ -120,6 +121,9 @@ class CAMExplorer(widgets.VBox):
         self._metrics_cache: WeakKeyDictionary[Any, dict[str, Any]] = WeakKeyDictionary()
         self._explainers: OrderedDict[Hashable, Explainer] = OrderedDict()
         self._runner = LatestRunner(on_error=self._show_error, background=background)
+        # Metrics run on their own worker so that maps never wait for them.
+        self._metrics_runner = LatestRunner(on_error=self._show_error, background=background)
+        self._generation = 0
         self._shown_image_key: Hashable | None = None
         self._syncing_toggles = False
         self._ready = False
@@ -340,7 +344,14 @@ class CAMExplorer(widgets.VBox):
 
     def wait(self, timeout: float | None = 600) -> bool:
         """Block until pending computations have finished and the panes are updated."""
-        return self._runner.wait(timeout)
+        deadline = None if timeout is None else time.perf_counter() + timeout
+        while True:
+            for runner in (self._runner, self._metrics_runner):
+                left = None if deadline is None else max(0.0, deadline - time.perf_counter())
+                if not runner.wait(left):
+                    return False
+            if not (self._runner.busy or self._metrics_runner.busy):
+                return True
 
     @property
     def explainer(self) -> Explainer | None:
@@ -466,49 +477,68 @@ class CAMExplorer(widgets.VBox):
         self.message = ""
         self.timings = {"maps": time.perf_counter() - t0}
         self.map_updates += 1
-        label = (self.class_names[exp.target] if self.class_names else f"class {exp.target}")
-        self._set_status(f"{html.escape(label)}: maps in {self.timings['maps'] * 1000:.0f} ms", 0.75)
+        self._generation += 1
+        label = html.escape(self.class_names[exp.target] if self.class_names else f"class {exp.target}")
+        self._set_status(f"{label}: maps in {self.timings['maps'] * 1000:.0f} ms"
+                         + (", metrics…" if self.compute_metrics else ""), 0.75 if self.compute_metrics else 1.0)
         if self.compute_metrics:
-            self._metrics(exp, results)
-        self._set_status(f"{html.escape(label)}: maps in {self.timings['maps'] * 1000:.0f} ms"
-                         + (f", metrics in {self.timings['metrics'] * 1000:.0f} ms" if "metrics" in self.timings
-                            else "")
-                         + (f", curves in {self.timings['curves'] * 1000:.0f} ms" if "curves" in self.timings
-                            else ""), 1.0)
+            gen = self._generation
+            self._metrics_runner.submit(lambda: self._metrics(exp, results, gen, label))
 
-    def _metrics(self, exp: Explainer, results: dict[str, Any]) -> None:
+    def _stale(self, generation: int) -> bool:
+        """A newer map update exists or waits: metrics for ``generation`` are no longer wanted."""
+        return generation != self._generation or self._runner.busy
+
+    def _metrics(self, exp: Explainer, results: dict[str, Any], generation: int, label: str) -> None:
+        """AD, IC and ADCC, then insertion / deletion, for the maps of one update.
+
+        Runs on its own worker, so the maps of the next slider move never wait for it; it
+        stops between methods (and publishes nothing) once a newer update exists. Values are
+        cached per result object: a method whose map did not change is not measured again.
+        """
         t0 = time.perf_counter()
         model, pre, img, tgt = self.model, self.preprocess, exp.image, exp.target
-        rows: dict[str, dict[str, float | None]] = {}
+        columns = ("AD ↓", "IC ↑", "ADCC ↑", "insertion ↑", "deletion ↓")
+        caches = {m: self._metrics_cache.setdefault(r, {}) for m, r in results.items()}
+        rows = {m: {k: caches[m].get(k) for k in columns} for m in results}
+        self.metrics_panel.update_rows(rows)
         for m, r in results.items():
-            cached = self._metrics_cache.setdefault(r, {})
+            cached = caches[m]
             if "AD ↓" not in cached:
-                if self._runner.superseded():
+                if self._stale(generation):
                     return
                 cc = M.confidence_change(model, img, r, target=tgt, preprocess=pre)
                 cached["AD ↓"], cached["IC ↑"] = float(cc.average_drop), float(cc.increase_in_confidence)
                 cached["ADCC ↑"] = float(M.adcc(model, img, r, target=tgt, preprocess=pre).adcc)
-            rows[m] = {k: cached.get(k) for k in ("AD ↓", "IC ↑", "ADCC ↑", "insertion ↑", "deletion ↓")}
+                rows[m].update({k: cached[k] for k in ("AD ↓", "IC ↑", "ADCC ↑")})
+                if not self._stale(generation):
+                    self.metrics_panel.update_rows(rows)
         self.metric_values = rows
-        self.metrics_panel.update_rows(rows)
         self.timings["metrics"] = time.perf_counter() - t0
-        if not self.compute_curves:
-            return
-        t1 = time.perf_counter()
-        curves: dict[str, dict[str, Any]] = {}
-        for m, r in results.items():
-            cached = self._metrics_cache[r]
-            if "curves" not in cached:
-                if self._runner.superseded():
-                    return
-                ins = M.insertion(model, img, r, target=tgt, preprocess=pre, steps=self.curve_steps)
-                dele = M.deletion(model, img, r, target=tgt, preprocess=pre, steps=self.curve_steps)
-                cached["insertion ↑"], cached["deletion ↓"] = float(ins.auc), float(dele.auc)
-                cached["curves"] = {"insertion": (ins.fractions, ins.curve), "deletion": (dele.fractions, dele.curve)}
-            rows[m]["insertion ↑"], rows[m]["deletion ↓"] = cached["insertion ↑"], cached["deletion ↓"]
-            curves[m] = cached["curves"]
-        self.metric_values = rows
-        self.metrics_panel.update_rows(rows)
-        self.metrics_panel.update_curves(curves)
-        self.timings["curves"] = time.perf_counter() - t1
+        if self.compute_curves:
+            t1 = time.perf_counter()
+            curves: dict[str, dict[str, Any]] = {}
+            for m, r in results.items():
+                cached = caches[m]
+                if "curves" not in cached:
+                    if self._stale(generation):
+                        return
+                    ins = M.insertion(model, img, r, target=tgt, preprocess=pre, steps=self.curve_steps)
+                    dele = M.deletion(model, img, r, target=tgt, preprocess=pre, steps=self.curve_steps)
+                    cached["insertion ↑"], cached["deletion ↓"] = float(ins.auc), float(dele.auc)
+                    cached["curves"] = {"insertion": (ins.fractions, ins.curve),
+                                        "deletion": (dele.fractions, dele.curve)}
+                rows[m]["insertion ↑"], rows[m]["deletion ↓"] = cached["insertion ↑"], cached["deletion ↓"]
+                curves[m] = cached["curves"]
+            if self._stale(generation):
+                return
+            self.metric_values = rows
+            self.metrics_panel.update_rows(rows)
+            self.metrics_panel.update_curves(curves)
+            self.timings["curves"] = time.perf_counter() - t1
+        if not self._stale(generation):
+            self._set_status(f"{label}: maps in {self.timings['maps'] * 1000:.0f} ms, metrics in "
+                             f"{self.timings['metrics'] * 1000:.0f} ms"
+                             + (f", curves in {self.timings['curves'] * 1000:.0f} ms" if "curves" in self.timings
+                                else ""), 1.0)
 

@@ -207,3 +207,36 @@ def test_user_model_with_torch_tensor_image():
                      metrics=False)
     assert ex.wait(120) and ex.message == ""
     assert ex.results["gradcam"].map.shape == (128, 128)
+
+
+def test_maps_never_wait_for_metrics_and_stale_metrics_are_dropped(monkeypatch):
+    import time
+
+    import camwidgets.widgets.explorer as explorer_module
+
+    real_adcc = explorer_module.M.adcc
+    calls = []
+
+    def slow_adcc(*args, **kwargs):
+        calls.append(time.perf_counter())
+        time.sleep(1.5)  # an expensive metric (on ResNet-50, Fusion-CAM's ADCC re-runs Score-CAM)
+        return real_adcc(*args, **kwargs)
+
+    monkeypatch.setattr(explorer_module.M, "adcc", slow_adcc)
+    ex = CAMExplorer(methods=["gradcam", "fusioncam"], metrics=True, curves=False)
+    assert ex.wait(120)
+    before = ex.map_updates
+    ex.theta = 33
+    t0 = time.perf_counter()
+    while ex.map_updates == before and time.perf_counter() - t0 < 60:
+        time.sleep(0.01)
+    # the new map is drawn while the metrics of the update are still being computed
+    assert ex.map_updates == before + 1
+    assert ex._metrics_runner.busy
+    ex.theta = 34  # supersedes the metrics still running
+    assert ex.wait(120)
+    assert ex.results["fusioncam"].params["theta"] == 34
+    final = ex.metric_values["fusioncam"]
+    assert final["ADCC ↑"] == pytest.approx(float(real_adcc(ex.model, ex.explainer.image, ex.results["fusioncam"],
+                                                             target=ex.explainer.target,
+                                                             preprocess=ex.preprocess).adcc))
