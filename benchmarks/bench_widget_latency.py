@@ -27,18 +27,18 @@ GOALS_MS = {"demo": {"threshold": 100, "theta": 150, "alpha": 1000},
 VALUES = {"threshold": (0.6, 0.95), "theta": (5.0, 40.0), "alpha": (0.2, 0.6)}
 
 
-def _explorer(name: str):
+def _explorer(name: str, metrics: bool):
     from camwidgets.datasets import load_sample
     from camwidgets.widgets import CAMExplorer
 
     if name == "demo":
-        return CAMExplorer(metrics=True, curves=False)
+        return CAMExplorer(metrics=metrics, curves=False)
     from camwidgets.models import load_torchvision
 
     torch.manual_seed(0)
     model, pre, classes = load_torchvision("resnet50")
     return CAMExplorer(model, load_sample("chelsea")["image"], preprocess=pre, class_names=classes,
-                       metrics=True, curves=False)
+                       metrics=metrics, curves=False)
 
 
 def _move(ex, trait: str, value: float, timeout: float = 120.0) -> float:
@@ -60,15 +60,19 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--moves", type=int, default=20)
     ap.add_argument("--models", default="demo,resnet50")
     ap.add_argument("--out", default=None)
+    ap.add_argument("--metrics", default="demo",
+                    help="models whose explorer computes AD/IC/ADCC after each move (comma-separated; the "
+                         "script waits for them before the next move, so they never overlap a measured move)")
     args = ap.parse_args(argv)
     report: dict = {"torch": torch.__version__, "threads": torch.get_num_threads(), "moves": args.moves,
                     "goals_ms": GOALS_MS, "models": {}}
     for name in args.models.split(","):
         t0 = time.perf_counter()
-        ex = _explorer(name)
+        with_metrics = name in args.metrics.split(",")
+        ex = _explorer(name, with_metrics)
         ex.wait(600)
         first = time.perf_counter() - t0
-        res: dict = {"first_picture_s": round(first, 2)}
+        res: dict = {"first_picture_s": round(first, 2), "metrics": with_metrics}
         for trait, (a, b) in VALUES.items():
             times = []
             for i in range(args.moves):

@@ -19,7 +19,7 @@ import plotly.graph_objects as go
 import torch
 from plotly.subplots import make_subplots
 
-from .figures import _to_uint8_hwc
+from .figures import _png_uri, _thumbnail, _to_uint8_hwc
 
 __all__ = [
     "COLORSCALES",
@@ -43,6 +43,8 @@ __all__ = [
 COLORSCALES: tuple[str, ...] = ("Jet", "Viridis", "Inferno", "Hot", "RdBu_r", "Greys")
 _KEPT, _DROPPED = "#d62728", "#b0b0b0"
 _HOVER = "x=%{x}, y=%{y}<br>value=%{z:.3f}<extra></extra>"
+#: Side (pixels) of the per-layer map thumbnails: small multiples need no more.
+_THUMB = 64
 
 
 def _batch(fig: go.Figure) -> AbstractContextManager[Any]:
@@ -71,7 +73,7 @@ def map_figure(image: Any, cam_map: Any | None = None, title: str = "", opacity:
     h, w = rgb.shape[:2]
     z = np.zeros((h, w), np.float32) if cam_map is None else _arr(cam_map)
     fig = go.Figure([
-        go.Image(z=rgb, name="image", hoverinfo="skip"),
+        go.Image(source=_png_uri(rgb), name="image", hoverinfo="skip"),
         go.Heatmap(z=z, zmin=0.0, zmax=1.0, opacity=opacity, colorscale=colorscale, showscale=False,
                    name="map", hovertemplate=_HOVER, visible=cam_map is not None),
     ])
@@ -89,7 +91,7 @@ def update_map_figure(fig: go.Figure, cam_map: Any | None = None, *, image: Any 
     with _batch(fig):
         if image is not None:
             rgb = _to_uint8_hwc(image)
-            fig.data[0].z = rgb
+            fig.data[0].source = _png_uri(rgb)
             _square_axes(fig, *rgb.shape[:2])
         if cam_map is not None:
             fig.data[1].z = _arr(cam_map)
@@ -159,7 +161,7 @@ def layer_maps_figure(result: Any | None = None, layers: Sequence[str] = (), siz
     if result is not None:
         any_map = next(iter(result.layer_maps.values()), None)
         if any_map is not None:
-            h, w = np.shape(any_map)
+            h, w = np.shape(_thumbnail(any_map, _THUMB))
             size = (int(h), int(w))
     rows, ncols = _grid(len(names), cols)
     fig = make_subplots(rows=rows, cols=ncols, subplot_titles=[_short(n) for n in names],
@@ -187,7 +189,7 @@ def update_layer_maps_figure(fig: go.Figure, result: Any) -> None:
         for i, name in enumerate(names[: len(fig.data)]):
             trace = fig.data[i]
             if name in kept and name in result.layer_maps:
-                trace.z = _arr(result.layer_maps[name])
+                trace.z = _thumbnail(result.layer_maps[name], _THUMB)
                 trace.opacity = 1.0
             else:
                 trace.z = np.zeros_like(_arr(trace.z)) if trace.z is not None else None
@@ -201,7 +203,8 @@ def perturbations_figure(result: Any | None = None, n: int = 8, thumb: int = 96)
     k = int(result.perturbations.shape[0]) if result is not None else int(n)
     fig = make_subplots(rows=1, cols=max(1, k), subplot_titles=[" "] * max(1, k), horizontal_spacing=0.01)
     for i in range(max(1, k)):
-        fig.add_trace(go.Image(z=np.zeros((8, 8, 3), np.uint8), hoverinfo="skip"), row=1, col=i + 1)
+        fig.add_trace(go.Image(source=_png_uri(np.zeros((8, 8, 3), np.uint8)), hoverinfo="skip"),
+                      row=1, col=i + 1)
     fig.update_xaxes(visible=False)
     fig.update_yaxes(visible=False)
     fig.update_layout(height=thumb + 80, width=max(300, (thumb + 6) * k), margin={"l": 2, "r": 2, "t": 60, "b": 2},
@@ -209,17 +212,18 @@ def perturbations_figure(result: Any | None = None, n: int = 8, thumb: int = 96)
     for ann in fig.layout.annotations:
         ann.font.size = 10
     if result is not None:
-        update_perturbations_figure(fig, result)
+        update_perturbations_figure(fig, result, thumb)
     return fig
 
 
-def update_perturbations_figure(fig: go.Figure, result: Any) -> None:
-    """Write the perturbations and their ``w_i`` / SVIM / MDS into ``fig`` (same ``n``)."""
+def update_perturbations_figure(fig: go.Figure, result: Any, thumb: int = 96) -> None:
+    """Write the perturbations (as ``thumb``-pixel thumbnails) and their ``w_i`` / SVIM / MDS
+    into ``fig`` (same ``n``)."""
     pert = result.perturbations
     alpha = result.params.get("alpha", float("nan"))
     with _batch(fig):
         for i in range(min(len(fig.data), int(pert.shape[0]))):
-            fig.data[i].z = _to_uint8_hwc(pert[i])
+            fig.data[i].source = _png_uri(_thumbnail(pert[i], thumb))
             fig.layout.annotations[i].text = (f"w={float(result.perturbation_weights[i]):.2f}<br>"
                                               f"SVIM {float(result.svim[i]):.2f} · MDS {float(result.mds[i]):.2f}")
         fig.layout.title.text = f"α = {alpha:.2f}: {int(pert.shape[0])} perturbations"

@@ -224,6 +224,13 @@ class CAMExplorer(widgets.VBox):
         self.colorscale_picker = widgets.Dropdown(options=list(COLORSCALES), value=self.colorscale,
                                                   description="colours", layout=widgets.Layout(width="200px"))
         widgets.link((self.colorscale_picker, "value"), (self, "colorscale"))
+        self.export_folder = widgets.Text(value="camwidgets-export", description="export to",
+                                          layout=widgets.Layout(width="300px"))
+        self.export_buttons = {k: widgets.Button(description=label, icon="download",
+                                                 layout=widgets.Layout(width="auto"))
+                               for k, label in (("png", "PNG"), ("html", "HTML"), ("json", "JSON"))}
+        for k, b in self.export_buttons.items():
+            b.on_click(lambda _b, kind=k: self._export(kind))
         self.status = widgets.HTML(value="")
         self.progress = widgets.FloatProgress(value=0, min=0, max=1, layout=widgets.Layout(width="120px"))
 
@@ -242,6 +249,7 @@ class CAMExplorer(widgets.VBox):
             widgets.HBox([self.sliders["alpha"], self.sliders["threshold"], self.sliders["theta"]]),
             widgets.HBox([self.bias_picker, self.n_slider]),
             widgets.HBox([self.sliders["opacity"], self.colorscale_picker]),
+            widgets.HBox([self.export_folder, *self.export_buttons.values()]),
             widgets.HBox([self.progress, self.status]),
         ])
         self.children = [controls, self.maps_box, self.icam_box, self.fusion_box, self.metrics_box]
@@ -357,6 +365,54 @@ class CAMExplorer(widgets.VBox):
     def explainer(self) -> Explainer | None:
         """The core :class:`~camwidgets.core.Explainer` behind the current image and class."""
         return self._explainers.get((self._image_key, self.target))
+
+    def export_png(self, folder: str | Path, scale: float = 2.0) -> list[Path]:
+        """Save every visible figure as ``<folder>/<pane>.png`` (Plotly's static export).
+
+        Needs the ``kaleido`` package (``pip install "camwidgets[export]"``) and a Chrome or
+        Chromium browser on the machine, which kaleido drives headless.
+        """
+        try:
+            import kaleido  # noqa: F401
+        except ImportError:
+            raise RuntimeError(
+                "PNG export needs the kaleido package: pip install \"camwidgets[export]\" "
+                "(HTML export needs nothing more: use export_html)."
+            ) from None
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        paths = []
+        for name, fig in self._visible_figures().items():
+            try:
+                data = fig.to_image(format="png", scale=scale)
+            except Exception as err:  # kaleido reports a missing browser in several ways
+                raise RuntimeError(
+                    f"PNG export failed ({type(err).__name__}: {err}). kaleido needs Chrome or Chromium: "
+                    "install one (e.g. apt-get install chromium) or run plotly_get_chrome; "
+                    "export_html works without a browser."
+                ) from None
+            path = folder / f"{name}.png"
+            path.write_bytes(data)
+            paths.append(path)
+        return paths
+
+    def _export(self, kind: str) -> None:
+        folder = Path(self.export_folder.value or "camwidgets-export")
+        try:
+            if kind == "png":
+                out: Any = self.export_png(folder)
+                where = f"{len(out)} PNG files in {folder}"
+            elif kind == "html":
+                folder.mkdir(parents=True, exist_ok=True)
+                where = str(self.export_html(folder / "camwidgets.html"))
+            else:
+                folder.mkdir(parents=True, exist_ok=True)
+                self.export_json(folder / "camwidgets.json")
+                where = str(folder / "camwidgets.json")
+        except (OSError, RuntimeError) as err:
+            self._show_error(err)
+            return
+        self.status.value = f"saved {html.escape(where)}"
 
     def export_html(self, path: str | Path) -> Path:
         """Save every visible figure in one standalone HTML file (plotly.js inlined: works offline)."""

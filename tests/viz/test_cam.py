@@ -51,10 +51,13 @@ def test_layer_maps_keep_one_slot_per_candidate():
     assert len(fig.data) == 4 and fig.data[0].opacity == 1.0
 
 
-def test_perturbation_strip_shows_weights():
+def test_perturbation_strip_shows_weights(decode_png):
     res = _icam(["layer4.0"], n=3, alpha=0.25)
     fig = vz.perturbations_figure(res)
     assert len(fig.data) == 3
+    shown = decode_png(fig.data[1].source)
+    assert shown.shape == (8, 8, 3)
+    assert np.array_equal(shown, np.round(res.perturbations[1].transpose(1, 2, 0) * 255).astype(np.uint8))
     assert "w=0.70" in fig.layout.annotations[0].text and "SVIM 0.50" in fig.layout.annotations[0].text
     assert fig.layout.title.text.startswith("α = 0.25")
 

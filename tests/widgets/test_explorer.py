@@ -240,3 +240,24 @@ def test_maps_never_wait_for_metrics_and_stale_metrics_are_dropped(monkeypatch):
     assert final["ADCC ↑"] == pytest.approx(float(real_adcc(ex.model, ex.explainer.image, ex.results["fusioncam"],
                                                              target=ex.explainer.target,
                                                              preprocess=ex.preprocess).adcc))
+
+
+def test_export_buttons_write_files(explorer, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    explorer.export_folder.value = str(tmp_path / "out")
+    explorer.export_buttons["json"].click()
+    explorer.export_buttons["html"].click()
+    assert (tmp_path / "out" / "camwidgets.json").is_file() and (tmp_path / "out" / "camwidgets.html").is_file()
+    assert "saved" in explorer.status.value
+
+
+def test_png_export_writes_one_png_per_visible_pane(explorer, tmp_path):
+    import shutil
+
+    if not (shutil.which("chromium") or shutil.which("google-chrome") or shutil.which("chrome")):
+        pytest.skip("PNG export needs Chrome or Chromium (.ci/run installs Debian's chromium)")
+    paths = explorer.export_png(tmp_path, scale=1)
+    names = {p.stem for p in paths}
+    assert {"gradcam", "layercam", "icam", "fusioncam", "icam_scores", "fusion", "metrics"} <= names
+    for p in paths:
+        assert p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
