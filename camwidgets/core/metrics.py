@@ -52,7 +52,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -62,6 +61,7 @@ from skimage.measure import label as _sk_label
 from torch import nn
 from torch.nn import functional as F
 
+from ._hooks import eval_mode, model_device
 from .image import load_image
 from .preprocess import Preprocess
 
@@ -315,24 +315,8 @@ def _prepare_maps(saliency_map: MapLike, n: int, hw: tuple[int, int] | None,
     return np.clip(arr, 0.0, 1.0)
 
 
-def _model_device(model: nn.Module) -> torch.device:
-    for p in model.parameters():
-        return p.device
-    for b in model.buffers():
-        return b.device
-    return torch.device("cpu")
-
-
-@contextmanager
-def _eval_mode(model: nn.Module) -> Iterator[None]:
-    """Put every module in eval mode; restore each module's own flag afterwards."""
-    flags = [(m, m.training) for m in model.modules()]
-    model.eval()
-    try:
-        yield
-    finally:
-        for m, flag in flags:
-            m.training = flag
+# Every module in eval mode for the block, each module's own flag restored after (the core's).
+_eval_mode = eval_mode
 
 
 def _check_batch_size(batch_size: int) -> int:
@@ -359,7 +343,7 @@ class _Scorer:
         self.model = model
         self.normalize = preprocess.normalize if preprocess is not None else _identity
         self.batch_size = _check_batch_size(batch_size)
-        self.device = _model_device(model)
+        self.device = model_device(model)
         self.forward_passes = 0
 
     def logits(self, pixels: torch.Tensor) -> torch.Tensor:
