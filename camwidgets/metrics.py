@@ -17,42 +17,7 @@ Examples
 from __future__ import annotations
 
 from camwidgets.core.metrics import *  # noqa: F403
-from camwidgets.core.metrics import (
-    ADCCResult,
-    ConfidenceChange,
-    CurveResult,
-    LocalisationResult,
-    adcc,
-    average_drop,
-    coherency,
-    complexity,
-    confidence_change,
-    deletion,
-    energy_pointing_game,
-    increase_in_confidence,
-    insertion,
-    localisation,
-    over_all,
-    pointing_game,
-    saliency_score,
-)
+from camwidgets.core.metrics import __all__ as _core_all
 
-__all__ = [
-    "ADCCResult",
-    "ConfidenceChange",
-    "CurveResult",
-    "LocalisationResult",
-    "adcc",
-    "average_drop",
-    "coherency",
-    "complexity",
-    "confidence_change",
-    "deletion",
-    "energy_pointing_game",
-    "increase_in_confidence",
-    "insertion",
-    "localisation",
-    "over_all",
-    "pointing_game",
-    "saliency_score",
-]
+# The same public names as camwidgets.core.metrics, listed once, there.
+__all__ = list(_core_all)
