@@ -129,7 +129,9 @@ class CAMExplorer(widgets.VBox):
         self._ready = False
 
         # The image first: a bad one fails here, before any widget exists.
-        self._image, self._image_key, self._image_label = self._load(image)
+        img, key, self._image_label = self._load(image)
+        # (image, cache key) in one attribute: the worker must never pair one's image with another's key.
+        self._current: tuple[torch.Tensor, Hashable] = (img, key)
         super().__init__()
         with self.hold_trait_notifications():
             self.alpha, self.threshold, self.theta = alpha, threshold, theta
@@ -234,7 +236,7 @@ class CAMExplorer(widgets.VBox):
         self.status = widgets.HTML(value="")
         self.progress = widgets.FloatProgress(value=0, min=0, max=1, layout=widgets.Layout(width="120px"))
 
-        self.panes = {m: MapPane(m, self._image, self.opacity, self.colorscale) for m in METHOD_LABELS}
+        self.panes = {m: MapPane(m, self._current[0], self.opacity, self.colorscale) for m in METHOD_LABELS}
         self.layer_panel = LayerPanel()
         self.fusion_panel = FusionPanel()
         self.metrics_panel = MetricsPanel()
@@ -337,7 +339,7 @@ class CAMExplorer(widgets.VBox):
         except ValueError as err:
             self._show_error(err)
             return False
-        self._image, self._image_key = img, key
+        self._current = (img, key)
         self._image_label = label or auto_label
         if self._image_label not in self.image_picker.options:
             self.image_picker.options = [o for o in self.image_picker.options if o != "(uploaded)"] + ["(uploaded)"]
@@ -364,7 +366,7 @@ class CAMExplorer(widgets.VBox):
     @property
     def explainer(self) -> Explainer | None:
         """The core :class:`~camwidgets.core.Explainer` behind the current image and class."""
-        return self._explainers.get((self._image_key, self.target))
+        return self._explainers.get((self._current[1], self.target))
 
     def export_png(self, folder: str | Path, scale: float = 2.0) -> list[Path]:
         """Save every visible figure as ``<folder>/<pane>.png`` (Plotly's static export).
@@ -510,7 +512,7 @@ class CAMExplorer(widgets.VBox):
     def _update(self) -> None:
         t0 = time.perf_counter()
         self._set_status("computing…", 0.1)
-        key, image, target, methods = self._image_key, self._image, self.target, list(self.methods)
+        (image, key), target, methods = self._current, self.target, list(self.methods)
         exp = self._explainer_for(key, image, target)
         new_image = key != self._shown_image_key
         if new_image:
