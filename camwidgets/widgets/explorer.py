@@ -319,6 +319,8 @@ class CAMExplorer(widgets.VBox):
         f = files[0]
         content = f["content"] if isinstance(f, dict) else f.content
         name = f["name"] if isinstance(f, dict) else f.name
+        # Empty the control first, so that uploading the same file again is a change too.
+        self.upload.value = ()
         self.set_image(bytes(content), label=f"upload: {name}")
 
     def _guard(self, fn: Any) -> None:

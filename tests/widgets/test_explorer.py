@@ -261,3 +261,27 @@ def test_png_export_writes_one_png_per_visible_pane(explorer, tmp_path):
     assert {"gradcam", "layercam", "icam", "fusioncam", "icam_scores", "fusion", "metrics"} <= names
     for p in paths:
         assert p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_upload_control_accepts_png_then_rejects_text(explorer):
+    import datetime
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray((np.random.default_rng(0).random((96, 96, 3)) * 255).astype(np.uint8)).save(buf, "PNG")
+    png = {"name": "mine.png", "type": "image/png", "size": len(buf.getvalue()),
+           "content": memoryview(buf.getvalue()), "last_modified": datetime.datetime(2026, 1, 1)}
+    explorer.upload.value = (png,)
+    assert explorer.upload.value == ()  # emptied, so the same file can be uploaded again
+    assert explorer.wait(120) and explorer.message == ""
+    assert explorer.image_picker.value == "(uploaded)"
+    assert explorer.results["gradcam"].map.shape == (128, 128)
+    before = explorer.results["gradcam"]
+    text = dict(png, name="notes.txt", type="text/plain", content=memoryview(b"hello"), size=5)
+    explorer.upload.value = (text,)
+    assert "not an image" in explorer.message
+    assert explorer.results["gradcam"] is before
+    explorer.set_image("shapes-star")
+    assert explorer.wait(120)
