@@ -236,7 +236,10 @@ class CAMExplorer(widgets.VBox):
         self.status = widgets.HTML(value="")
         self.progress = widgets.FloatProgress(value=0, min=0, max=1, layout=widgets.Layout(width="120px"))
 
-        self.panes = {m: MapPane(m, self._current[0], self.opacity, self.colorscale) for m in METHOD_LABELS}
+        # Map panes are made when their method is first shown: each FigureWidget carries its own
+        # copy of plotly.js (about 5 MB) to the browser, so unused ones are not built.
+        self.panes: dict[str, MapPane] = {}
+        self._pixels = self._current[0]
         self.layer_panel = LayerPanel()
         self.fusion_panel = FusionPanel()
         self.metrics_panel = MetricsPanel()
@@ -265,8 +268,16 @@ class CAMExplorer(widgets.VBox):
         self.figures.clear()
         self.figures.update(figs)
 
+    def _pane(self, method: str) -> MapPane:
+        """The map pane of ``method``, built on first use with the image shown now."""
+        if method not in self.panes:
+            self.panes[method] = MapPane(method, self._pixels, self.opacity, self.colorscale)
+            if hasattr(self, "layer_panel"):
+                self._collect_figures()
+        return self.panes[method]
+
     def _refresh_visible(self) -> None:
-        self.maps_box.children = [self.panes[m] for m in METHOD_LABELS if m in self.methods]
+        self.maps_box.children = [self._pane(m) for m in METHOD_LABELS if m in self.methods]
         if hasattr(self, "icam_box"):
             self.icam_box.layout.display = None if "icam" in self.methods else "none"
             self.fusion_box.layout.display = None if "fusioncam" in self.methods else "none"
@@ -518,15 +529,15 @@ class CAMExplorer(widgets.VBox):
         exp = self._explainer_for(key, image, target)
         new_image = key != self._shown_image_key
         if new_image:
-            pixels = exp.image
+            self._pixels = exp.image
             for pane in self.panes.values():
-                pane.set_image(pixels)
+                pane.set_image(self._pixels)
             self._update_targets(exp)
             self._shown_image_key = key
         results: dict[str, Any] = {}
         for i, m in enumerate(methods):
             results[m] = self._run_method(exp, m)
-            self.panes[m].update(results[m])
+            self._pane(m).update(results[m])
             self.progress.value = 0.1 + 0.6 * (i + 1) / max(1, len(methods))
         if "icam" in results:
             self.layer_panel.update(results["icam"])

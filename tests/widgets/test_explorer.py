@@ -285,3 +285,15 @@ def test_upload_control_accepts_png_then_rejects_text(explorer):
     assert explorer.results["gradcam"] is before
     explorer.set_image("shapes-star")
     assert explorer.wait(120)
+
+
+def test_map_panes_are_built_only_for_shown_methods():
+    # every FigureWidget sends its own copy of plotly.js to the browser: build only what is shown
+    ex = CAMExplorer(methods=["gradcam", "icam"], metrics=False)
+    assert ex.wait(120)
+    assert set(ex.panes) == {"gradcam", "icam"}
+    assert "layercam" not in ex.figures
+    ex.methods = ["gradcam", "icam", "layercam"]
+    assert ex.wait(120)
+    assert set(ex.panes) == {"gradcam", "icam", "layercam"}
+    assert np.array_equal(_z(ex.figures["layercam"]), ex.results["layercam"].map)
