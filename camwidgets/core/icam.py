@@ -415,6 +415,16 @@ def select_layers(
 
 
 # ----------------------------------------------------------------------------- per-layer maps
+def _f64_pair(activations: torch.Tensor, other: torch.Tensor, name: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Both tensors, detached, in float64, after checking they share a ``(..., K, h, w)`` shape."""
+    if activations.shape != other.shape or activations.dim() < 3:
+        raise ValueError(
+            f"activations {tuple(activations.shape)} and {name} {tuple(other.shape)} "
+            "must both be (..., K, h, w)."
+        )
+    return activations.detach().to(_F64), other.detach().to(_F64)
+
+
 def softmax_derivatives(y: float | torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     r"""First three derivatives of the softmax ``Y_c = f(S_c)`` in its own logit (eq. 29).
 
@@ -481,13 +491,7 @@ def icam_alpha(activations: torch.Tensor, grads: torch.Tensor, y_c: float | torc
     Tensor, shape ``(..., K, h, w)``, float64
         May be negative or large where the denominator is small (``tanh`` bounds its use).
     """
-    if activations.shape != grads.shape or activations.dim() < 3:
-        raise ValueError(
-            f"activations {tuple(activations.shape)} and grads {tuple(grads.shape)} "
-            "must both be (..., K, h, w)."
-        )
-    a = activations.detach().to(_F64)
-    g = grads.detach().to(_F64)
+    a, g = _f64_pair(activations, grads, "grads")
     y = _per_item(y_c, a, "y_c")
     if bool(((y < 0) | (y > 1)).any()):
         raise ValueError(f"y_c must be a probability in [0, 1], got {y_c!r}.")
@@ -565,13 +569,7 @@ def icam_bias(
         ``(..., 1, 1)`` for ``"channel"`` and ``"none"``, ``(..., h, w)`` for ``"spatial"``;
         broadcastable against the map.
     """
-    if activations.shape != weights.shape or activations.dim() < 3:
-        raise ValueError(
-            f"activations {tuple(activations.shape)} and weights {tuple(weights.shape)} "
-            "must both be (..., K, h, w)."
-        )
-    a = activations.detach().to(_F64)
-    w = weights.detach().to(_F64)
+    a, w = _f64_pair(activations, weights, "weights")
     s = _per_item(s_c, a, "s_c")
     s = s if s.dim() == 0 else s[..., 0]  # (..., 1, 1)
     k = a.shape[-3]
