@@ -152,6 +152,20 @@ def _grid(k: int, cols: int) -> tuple[int, int]:
     return max(1, math.ceil(k / cols)), cols
 
 
+def _style_small_multiples(fig: go.Figure, title: str, *, height: int, width: int, top: int,
+                           heatmaps: bool) -> None:
+    """Hide the axes, size the figure and shrink the panel titles of a grid of small panels.
+
+    Heatmap rows run top to bottom like image rows (``go.Image`` already does that itself).
+    """
+    fig.update_xaxes(visible=False)
+    fig.update_yaxes(visible=False, autorange="reversed" if heatmaps else None)
+    fig.update_layout(height=height, width=width, margin={"l": 2, "r": 2, "t": top, "b": 2},
+                      title={"text": title, "font": {"size": 14}})
+    for ann in fig.layout.annotations:
+        ann.font.size = 10
+
+
 def layer_maps_figure(result: Any | None = None, layers: Sequence[str] = (), size: tuple[int, int] = (64, 64),
                       colorscale: str = "Jet", cols: int = 8) -> go.Figure:
     """One small heatmap per candidate layer: the per-layer map ``L_l`` of a kept layer, an
@@ -170,12 +184,8 @@ def layer_maps_figure(result: Any | None = None, layers: Sequence[str] = (), siz
     for i, _ in enumerate(names):
         fig.add_trace(go.Heatmap(z=blank, zmin=0, zmax=1, colorscale=colorscale, showscale=False,
                                  hovertemplate=_HOVER), row=i // ncols + 1, col=i % ncols + 1)
-    fig.update_xaxes(visible=False)
-    fig.update_yaxes(visible=False, autorange="reversed")
-    fig.update_layout(height=110 * rows + 40, width=max(300, 92 * ncols), margin={"l": 2, "r": 2, "t": 40, "b": 2},
-                      title={"text": "I-CAM per-layer maps (kept layers)", "font": {"size": 14}})
-    for ann in fig.layout.annotations:
-        ann.font.size = 10
+    _style_small_multiples(fig, "I-CAM per-layer maps (kept layers)", height=110 * rows + 40,
+                           width=max(300, 92 * ncols), top=40, heatmaps=True)
     if result is not None:
         update_layer_maps_figure(fig, result)
     return fig
@@ -205,12 +215,8 @@ def perturbations_figure(result: Any | None = None, n: int = 8, thumb: int = 96)
     for i in range(max(1, k)):
         fig.add_trace(go.Image(source=_png_uri(np.zeros((8, 8, 3), np.uint8)), hoverinfo="skip"),
                       row=1, col=i + 1)
-    fig.update_xaxes(visible=False)
-    fig.update_yaxes(visible=False)
-    fig.update_layout(height=thumb + 80, width=max(300, (thumb + 6) * k), margin={"l": 2, "r": 2, "t": 60, "b": 2},
-                      title={"text": "α perturbations", "font": {"size": 14}})
-    for ann in fig.layout.annotations:
-        ann.font.size = 10
+    _style_small_multiples(fig, "α perturbations", height=thumb + 80, width=max(300, (thumb + 6) * k), top=60,
+                           heatmaps=False)
     if result is not None:
         update_perturbations_figure(fig, result, thumb)
     return fig
@@ -243,12 +249,7 @@ def fusion_figure(result: Any | None = None, colorscale: str = "Jet", size: tupl
     for i in range(len(_FUSION_PANES)):
         fig.add_trace(go.Heatmap(z=np.zeros(size, np.float32), zmin=0, zmax=1, colorscale=colorscale,
                                  showscale=False, hovertemplate=_HOVER), row=1, col=i + 1)
-    fig.update_xaxes(visible=False)
-    fig.update_yaxes(visible=False, autorange="reversed")
-    fig.update_layout(height=230, width=900, margin={"l": 2, "r": 2, "t": 70, "b": 2},
-                      title={"text": "Fusion-CAM components", "font": {"size": 14}})
-    for ann in fig.layout.annotations:
-        ann.font.size = 10
+    _style_small_multiples(fig, "Fusion-CAM components", height=230, width=900, top=70, heatmaps=True)
     if result is not None:
         update_fusion_figure(fig, result)
     return fig
