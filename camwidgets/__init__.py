@@ -23,6 +23,7 @@ _EXPORTS: dict[str, str] = {
     "list_samples": "camwidgets.datasets",
     "load_sample": "camwidgets.datasets",
     "evaluate": "camwidgets.core.evaluate",
+    "RayExecutor": "camwidgets.core.executors",
     "CAMExplorer": "camwidgets.widgets",
 }
 _SUBMODULES = {"core", "datasets", "models", "metrics", "viz", "widgets"}

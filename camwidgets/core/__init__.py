@@ -111,9 +111,12 @@ _EXPORTS: dict[str, str] = {
     # evaluate
     "EvaluationResult": "evaluate",
     "summarize": "evaluate",
+    # executors of evaluate (Ray is imported only when a RayExecutor is made)
+    "LocalExecutor": "executors",
+    "RayExecutor": "executors",
 }
 _SUBMODULES = ("explainer", "results", "layers", "region", "image", "preprocess", "gradient", "icam",
-               "fusion", "metrics", "evaluate")
+               "fusion", "metrics", "evaluate", "executors")
 
 __all__ = [
     "GRADCAMPP_EPS",
@@ -132,8 +135,10 @@ __all__ = [
     "FusionCAMResult",
     "FusionCAMSteps",
     "ICAMResult",
+    "LocalExecutor",
     "LocalisationResult",
     "Preprocess",
+    "RayExecutor",
     "RegionCAMResult",
     "RegionWeights",
     "UnionCAMResult",
@@ -153,6 +158,7 @@ __all__ = [
     "denoise_map",
     "energy_pointing_game",
     "evaluate",
+    "executors",
     "explain_batch",
     "explainer",
     "fuse",
@@ -214,6 +220,7 @@ if TYPE_CHECKING:
         upsample,
     )
     from .evaluate import EvaluationResult, summarize
+    from .executors import LocalExecutor, RayExecutor
     from .explainer import GRADIENT_METHODS, REGION_METHODS, Explainer, explain_batch
     from .fusion import (
         FusionCAMSteps,

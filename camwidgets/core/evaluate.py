@@ -32,8 +32,8 @@ from . import metrics as M
 from .image import load_image
 from .preprocess import Preprocess
 
-__all__ = ["DEFAULT_METHODS", "DEFAULT_METRICS", "METRIC_COLUMNS", "EvaluationResult", "evaluate",
-           "summarize", "t_quantile_975"]
+__all__ = ["DEFAULT_METHODS", "DEFAULT_METRICS", "METRIC_COLUMNS", "EvaluationResult", "LocalExecutor",
+           "evaluate", "summarize", "t_quantile_975"]
 
 #: Methods evaluated by default (names of :class:`camwidgets.Explainer` methods).
 DEFAULT_METHODS: tuple[str, ...] = ("gradcam", "gradcampp", "layercam", "scorecam", "unioncam",
@@ -476,6 +476,7 @@ def evaluate(
     progress: bool = True,
     on_error: Literal["raise", "skip"] = "raise",
     explainer_factory: ExplainerFactory | None = None,
+    executor: Literal["local", "ray"] | Any = "local",
 ) -> EvaluationResult:
     r"""Run CAM methods × metrics (SPEC §6) over a dataset, with a progress bar and resumable output.
 
@@ -538,6 +539,14 @@ def evaluate(
     explainer_factory : callable, optional
         ``factory(model, image, target=..., layers=..., preprocess=...)`` returning an
         object with the method names; default :class:`camwidgets.Explainer`.
+    executor : "local", "ray" or an executor object, default "local"
+        Where the items are evaluated. ``"local"``: here, one after the other
+        (:class:`LocalExecutor`). ``"ray"``: on a Ray cluster with the default settings of
+        :class:`camwidgets.RayExecutor` (needs the ``camwidgets[ray]`` extra); pass
+        ``RayExecutor(workers=..., num_cpus=..., num_gpus=..., address=...)`` to choose.
+        Every executor gives the same rows (up to floating-point summation order), the
+        same files and the same resume rules; with Ray, rows are saved as each shard of
+        images comes back.
 
     Returns
     -------
@@ -569,6 +578,7 @@ def evaluate(
     M._check_batch_size(batch_size)
     M._check_preprocess(preprocess)
     factory = explainer_factory if explainer_factory is not None else _default_factory()
+    runner = _executor(executor)
 
     columns = [c for m in metric_list for c in METRIC_COLUMNS[m]]
     config: dict[str, Any] = {
@@ -591,8 +601,11 @@ def evaluate(
     writer = _RowWriter(paths.get("rows_jsonl"))
 
     norm_only = Preprocess(mean=preprocess.mean, std=preprocess.std) if preprocess is not None else None
+    task = _Task(model=model, specs=specs, metric_list=metric_list, params=params, preprocess=preprocess,
+                 norm_only=norm_only, target=target, layers=layers, steps=steps, batch_size=batch_size,
+                 factory=factory, on_error=on_error)
     total = len(dataset) if hasattr(dataset, "__len__") else None  # type: ignore[arg-type]
-    rows: list[dict[str, Any]] = []
+    by_index: dict[int, None] = {}
     errors: list[dict[str, Any]] = []
     computed = 0
 
@@ -600,22 +613,17 @@ def evaluate(
 
     bar = tqdm(total=total, desc="evaluate", unit="img", disable=not progress)
     try:
-        for index, load in _iterate(dataset):
-            todo = [name for name in specs if (index, name) not in done]
-            if todo:
-                raw = load()
-                item = _as_item(raw, index)
-                new_rows, new_errors = _evaluate_item(
-                    model, item, index, todo, specs, metric_list, params, preprocess, norm_only, target,
-                    layers, steps, batch_size, factory, on_error, writer, bar)
-                for r in new_rows:
-                    done[(index, str(r["method"]))] = r
-                computed += len(new_rows)
-                errors.extend(new_errors)
-            rows.extend(done[(index, name)] for name in specs if (index, name) in done)
+        for index, new_rows, new_errors in runner.run(task, dataset, done, writer.append, bar):
+            for r in new_rows:
+                done[(index, str(r["method"]))] = r
+            computed += len(new_rows)
+            errors.extend(new_errors)
+            by_index[index] = None
             bar.update(1)
     finally:
         bar.close()
+    rows = [done[(index, name)] for index in sorted(by_index) for name in specs if (index, name) in done]
+    errors.sort(key=lambda e: (e["index"], list(specs).index(e["method"])))
 
     summary = summarize(rows, list(specs), [*_META_COLUMNS[5:], *columns])
     if paths:
@@ -629,58 +637,129 @@ def evaluate(
                             computed=computed)
 
 
-def _evaluate_item(model: nn.Module, item: _Item, index: int, todo: Sequence[str],
-                   specs: Mapping[str, Mapping[str, Any]], metric_list: Sequence[str],
-                   params: Mapping[str, Mapping[str, Any]], preprocess: Preprocess | None,
-                   norm_only: Preprocess | None, target_mode: Any, layers: Any, steps: int, batch_size: int,
-                   factory: ExplainerFactory, on_error: str, writer: _RowWriter, bar: Any
-                   ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    pixels = load_image(item.image)
-    geo = preprocess.geometry(pixels) if preprocess is not None else pixels
-    hw = (int(geo.shape[-2]), int(geo.shape[-1]))
-    scorer = M._Scorer(model, norm_only, batch_size)
-    with M._eval_mode(model), torch.inference_mode():
-        logits = scorer.logits(geo[None])
-    predicted = int(logits.argmax(dim=1)[0])
-    if isinstance(target_mode, int):
-        tgt = target_mode
-    elif target_mode == "label" and item.label is not None:
-        tgt = item.label
-    else:
-        tgt = predicted
-    tgt = int(M._resolve_targets(tgt, logits)[0])  # range check with a clear message
-    prob = float(torch.softmax(logits, dim=1)[0, tgt])
-    needs_truth = any(m in _GROUND_TRUTH_METRICS for m in metric_list)
-    mask, box = (_ground_truth_at(item, hw, (int(pixels.shape[-2]), int(pixels.shape[-1])), preprocess)
-                 if needs_truth else (None, None))
+@dataclass(frozen=True, eq=False)
+class _Task:
+    """Everything needed to evaluate one dataset item: what :func:`evaluate` hands an executor.
 
-    rows, errors = [], []
-    for name in todo:
-        spec = specs[name]
-        bar.set_postfix_str(f"{index}:{name}", refresh=False)
-        try:
-            t0 = time.perf_counter()
-            explainer = factory(model, item.image, target=tgt, layers=layers, preprocess=preprocess)
-            result = getattr(explainer, spec["method"])(**spec["params"])
-            emap = M._map_array(result, f"The map of {name}")
-            seconds = time.perf_counter() - t0
-            t1 = time.perf_counter()
-            values = _score(model, geo, emap, tgt, norm_only, metric_list, params, steps, batch_size,
-                            mask, box, factory, layers, spec)
-            metric_seconds = time.perf_counter() - t1
-        except (KeyboardInterrupt, SystemExit):
-            raise
-        except Exception as err:
-            if on_error == "raise":
+    It pickles (with the model and the factory), so a Ray actor receives it once and then
+    evaluates the items of many shards with it.
+    """
+
+    model: nn.Module
+    specs: Mapping[str, Mapping[str, Any]]
+    metric_list: Sequence[str]
+    params: Mapping[str, Mapping[str, Any]]
+    preprocess: Preprocess | None
+    norm_only: Preprocess | None
+    target: Any
+    layers: Any
+    steps: int
+    batch_size: int
+    factory: ExplainerFactory
+    on_error: str
+
+    def todo(self, index: int, done: Mapping[tuple[int, str], Any]) -> list[str]:
+        """The methods of item ``index`` that have no row yet."""
+        return [name for name in self.specs if (index, name) not in done]
+
+    def run(self, index: int, raw: Any, todo: Sequence[str],
+            on_row: Callable[[dict[str, Any]], None] | None = None,
+            note: Callable[[str], None] | None = None) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        """Rows (JSON-ready) and errors of the methods ``todo`` on dataset item ``raw``.
+
+        ``on_row`` sees each row the moment it is finished (the local run appends it to
+        the rows file there); ``note`` is told which method starts.
+        """
+        item = _as_item(raw, index)
+        model, preprocess = self.model, self.preprocess
+        pixels = load_image(item.image)
+        geo = preprocess.geometry(pixels) if preprocess is not None else pixels
+        hw = (int(geo.shape[-2]), int(geo.shape[-1]))
+        scorer = M._Scorer(model, self.norm_only, self.batch_size)
+        with M._eval_mode(model), torch.inference_mode():
+            logits = scorer.logits(geo[None])
+        predicted = int(logits.argmax(dim=1)[0])
+        if isinstance(self.target, int):
+            tgt = self.target
+        elif self.target == "label" and item.label is not None:
+            tgt = item.label
+        else:
+            tgt = predicted
+        tgt = int(M._resolve_targets(tgt, logits)[0])  # range check with a clear message
+        prob = float(torch.softmax(logits, dim=1)[0, tgt])
+        needs_truth = any(m in _GROUND_TRUTH_METRICS for m in self.metric_list)
+        mask, box = (_ground_truth_at(item, hw, (int(pixels.shape[-2]), int(pixels.shape[-1])), preprocess)
+                     if needs_truth else (None, None))
+
+        rows, errors = [], []
+        for name in todo:
+            spec = self.specs[name]
+            if note is not None:
+                note(f"{index}:{name}")
+            try:
+                t0 = time.perf_counter()
+                explainer = self.factory(model, item.image, target=tgt, layers=self.layers, preprocess=preprocess)
+                result = getattr(explainer, spec["method"])(**spec["params"])
+                emap = M._map_array(result, f"The map of {name}")
+                seconds = time.perf_counter() - t0
+                t1 = time.perf_counter()
+                values = _score(model, geo, emap, tgt, self.norm_only, self.metric_list, self.params, self.steps,
+                                self.batch_size, mask, box, self.factory, self.layers, spec)
+                metric_seconds = time.perf_counter() - t1
+            except (KeyboardInterrupt, SystemExit):
                 raise
-            errors.append({"index": index, "method": name, "error": f"{type(err).__name__}: {err}"})
-            continue
-        row: dict[str, Any] = {"index": index, "method": name, "label": item.label, "target": tgt,
+            except Exception as err:
+                if self.on_error == "raise":
+                    raise
+                errors.append({"index": index, "method": name, "error": f"{type(err).__name__}: {err}"})
+                continue
+            row = _json_value({"index": index, "method": name, "label": item.label, "target": tgt,
                                "predicted": predicted, "probability": prob, "seconds": seconds,
-                               "metric_seconds": metric_seconds, **values}
-        writer.append(row)
-        rows.append(_json_value(row))
-    return rows, errors
+                               "metric_seconds": metric_seconds, **values})
+            if on_row is not None:
+                on_row(row)
+            rows.append(row)
+        return rows, errors
+
+
+class LocalExecutor:
+    """Evaluate the items one after the other in this process (the default executor).
+
+    Each row is appended to the rows file the moment it is finished.
+    """
+
+    def run(self, task: _Task, dataset: Iterable[Any], done: Mapping[tuple[int, str], Any],
+            on_row: Callable[[dict[str, Any]], None], bar: Any
+            ) -> Iterator[tuple[int, list[dict[str, Any]], list[dict[str, Any]]]]:
+        """``(index, new rows, errors)`` per dataset item, in dataset order."""
+        def note(text: str) -> None:
+            bar.set_postfix_str(text, refresh=False)
+
+        for index, load in _iterate(dataset):
+            todo = task.todo(index, done)
+            if not todo:
+                yield index, [], []
+                continue
+            rows, errors = task.run(index, load(), todo, on_row=on_row, note=note)
+            yield index, rows, errors
+
+    def __repr__(self) -> str:
+        return "LocalExecutor()"
+
+
+def _executor(executor: Any) -> Any:
+    if executor is None or executor == "local":
+        return LocalExecutor()
+    if executor == "ray":
+        from .executors import RayExecutor
+
+        return RayExecutor()
+    if callable(getattr(executor, "run", None)):
+        return executor
+    raise ValueError(
+        f"executor must be 'local', 'ray', or an executor object such as camwidgets.RayExecutor(workers=4), "
+        f"got {executor!r}."
+    )
 
 
 def _score(model: nn.Module, geo: torch.Tensor, emap: np.ndarray, tgt: int, norm_only: Preprocess | None,
