@@ -123,9 +123,11 @@ class CAMExplorer(widgets.VBox):
         self._runner = LatestRunner(on_error=self._show_error, background=background)
         # Metrics run on their own worker so that maps never wait for them.
         self._metrics_runner = LatestRunner(on_error=self._show_error, background=background)
+        # Map requests made so far: the metrics of an update are stale once a newer request exists.
         self._generation = 0
         self._shown_image_key: Hashable | None = None
         self._syncing_toggles = False
+        self._syncing_picker = False
         self._ready = False
 
         # The image first: a bad one fails here, before any widget exists.
@@ -201,7 +203,8 @@ class CAMExplorer(widgets.VBox):
         self.image_picker.observe(self._on_pick, "value")
         self.upload = widgets.FileUpload(accept="image/*", multiple=False, description="upload image")
         self.upload.observe(self._on_upload, "value")
-        self.target_picker = widgets.Dropdown(options=[("predicted class", None)], value=None,
+        # index=0, not value=None: a Dropdown shows value None as no selection (a blank box).
+        self.target_picker = widgets.Dropdown(options=[("predicted class", None)], index=0,
                                               description="class", layout=widgets.Layout(width="300px"))
         self.target_picker.observe(self._on_target_pick, "value")
         self.method_toggles = {
@@ -295,10 +298,8 @@ class CAMExplorer(widgets.VBox):
             finally:
                 self._syncing_toggles = False
             self._refresh_visible()
-        if change["name"] == "target" and self.target_picker.value != self.target:
-            values = [v for _, v in self.target_picker.options]
-            if self.target in values:
-                self.target_picker.value = self.target
+        if change["name"] == "target":
+            self._show_target()
         self._request()
 
     @observe("opacity", "colorscale")
@@ -319,7 +320,19 @@ class CAMExplorer(widgets.VBox):
         if change["new"] != self.target:
             self._guard(lambda: setattr(self, "target", change["new"]))
 
+    def _show_target(self) -> None:
+        """Select the current target in the class dropdown, by index: its "predicted" option has the
+        value None, and a Dropdown set to value None shows no selection (a blank box)."""
+        values = [v for _, v in self.target_picker.options]
+        if self.target in values and self.target_picker.index != values.index(self.target):
+            if self.target is None:
+                # A change of value *to* None clears the selection: make it first, then select.
+                self.target_picker.value = None
+            self.target_picker.index = values.index(self.target)
+
     def _on_pick(self, change: dict[str, Any]) -> None:
+        if self._syncing_picker:
+            return
         if change["new"] and change["new"] != "(uploaded)" and change["new"] != self._image_label:
             self.set_image(change["new"])
 
@@ -354,11 +367,17 @@ class CAMExplorer(widgets.VBox):
             return False
         self._current = (img, key)
         self._image_label = label or auto_label
-        if self._image_label not in self.image_picker.options:
-            self.image_picker.options = [o for o in self.image_picker.options if o != "(uploaded)"] + ["(uploaded)"]
-            self.image_picker.value = "(uploaded)"
-        else:
-            self.image_picker.value = self._image_label
+        # New options re-select the first one (ipywidgets), which is no pick of the user's: without
+        # the guard, _on_pick would load that sample over the image being set.
+        self._syncing_picker = True
+        try:
+            if self._image_label not in self.image_picker.options:
+                self.image_picker.options = [o for o in self.image_picker.options if o != "(uploaded)"] + ["(uploaded)"]
+                self.image_picker.value = "(uploaded)"
+            else:
+                self.image_picker.value = self._image_label
+        finally:
+            self._syncing_picker = False
         self.message = ""
         with self.hold_trait_notifications():
             self.target = None
@@ -478,6 +497,7 @@ class CAMExplorer(widgets.VBox):
     def _request(self) -> None:
         self.progress.value = 0.05
         self.progress.bar_style = "info"
+        self._generation += 1
         self._runner.submit(self._update)
 
     def _show_error(self, err: BaseException) -> None:
@@ -520,9 +540,10 @@ class CAMExplorer(widgets.VBox):
         options += [(f"{names[i]} ({probs[i]:.1%})", i) for i in top]
         options += [(f"{names[i]}", i) for i in range(len(probs)) if i not in top]
         self.target_picker.options = options
-        self.target_picker.value = self.target
+        self._show_target()
 
     def _update(self) -> None:
+        gen = self._generation  # first: a request made after this line makes this update's metrics stale
         t0 = time.perf_counter()
         self._set_status("computing…", 0.1)
         (image, key), target, methods = self._current, self.target, list(self.methods)
@@ -548,17 +569,17 @@ class CAMExplorer(widgets.VBox):
         self.message = ""
         self.timings = {"maps": time.perf_counter() - t0}
         self.map_updates += 1
-        self._generation += 1
         label = html.escape(self.class_names[exp.target] if self.class_names else f"class {exp.target}")
         self._set_status(f"{label}: maps in {self.timings['maps'] * 1000:.0f} ms"
                          + (", metrics…" if self.compute_metrics else ""), 0.75 if self.compute_metrics else 1.0)
         if self.compute_metrics:
-            gen = self._generation
             self._metrics_runner.submit(lambda: self._metrics(exp, results, gen, label))
 
     def _stale(self, generation: int) -> bool:
-        """A newer map update exists or waits: metrics for ``generation`` are no longer wanted."""
-        return generation != self._generation or self._runner.busy
+        """A newer map request exists (its update waits or runs): metrics for ``generation`` are no
+        longer wanted. (Not "the map runner is busy": it still is while the update that submitted
+        these metrics returns, and the metrics of the last update were then dropped for good.)"""
+        return generation != self._generation
 
     def _metrics(self, exp: Explainer, results: dict[str, Any], generation: int, label: str) -> None:
         """AD, IC and ADCC, then insertion / deletion, for the maps of one update.

@@ -43,6 +43,8 @@ def test_opens_on_demo_model_with_default_panes(explorer):
     # the target dropdown offers top-5 first, then every class
     opts = explorer.target_picker.options
     assert opts[0][1] is None and len(opts) == 1 + len(explorer.class_names)
+    # ... and shows its first entry ("predicted: ..."), not a blank box: value None alone selects nothing
+    assert explorer.target_picker.index == 0 and explorer.target_picker.label.startswith("predicted")
 
 
 def test_threshold_redraws_only_icam_and_runs_no_model_pass(explorer):
@@ -297,3 +299,36 @@ def test_map_panes_are_built_only_for_shown_methods():
     assert ex.wait(120)
     assert set(ex.panes) == {"gradcam", "icam", "layercam"}
     assert np.array_equal(_z(ex.figures["layercam"]), ex.results["layercam"].map)
+
+
+def test_rapid_moves_still_finish_with_every_metric():
+    # the metrics of the last update were dropped as stale while its own map update was running
+    # (before the fix: in about 2 of 12 runs of this sequence)
+    ex = CAMExplorer(methods=["gradcam", "icam"], metrics=True, curves=True, curve_steps=10)
+    assert ex.wait(120)
+    for t in np.linspace(0.5, 0.95, 10):
+        ex.threshold = float(t)
+    assert ex.wait(300)
+    assert ex.results["icam"].params["threshold"] == pytest.approx(0.95)
+    for method in ("gradcam", "icam"):
+        assert all(v is not None for v in ex.metric_values[method].values()), ex.metric_values[method]
+
+
+def test_a_first_upload_shows_the_uploaded_image():
+    # The first upload adds "(uploaded)" to the image picker; new options make ipywidgets
+    # re-select the first sample, which must not be loaded over the uploaded image.
+    import io
+
+    from PIL import Image
+
+    ex = CAMExplorer(methods=["gradcam"], metrics=False)
+    assert ex.wait(120)
+    assert "(uploaded)" not in ex.image_picker.options
+    pixels = (np.random.default_rng(1).random((96, 96, 3)) * 255).astype(np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(pixels).save(buf, "PNG")
+    ex.set_image(buf.getvalue())
+    assert ex.wait(120) and ex.message == ""
+    assert ex.image_picker.value == "(uploaded)"
+    expected = ex.preprocess.geometry(torch.from_numpy(pixels.astype(np.float32) / 255).permute(2, 0, 1))
+    assert torch.allclose(ex.explainer.image.cpu(), expected, atol=1e-6)
