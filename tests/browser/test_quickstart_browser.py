@@ -1,0 +1,269 @@
+"""End to end in a real browser: quickstart.ipynb in JupyterLab, driven like a person would (issue 8).
+
+Runs every cell, then moves the θ and T sliders with the keyboard and uploads a PNG and a text
+file through the explorer's upload button. After each step it compares what the browser drew
+(the ``href`` data URI of each map pane's heatmap ``<image>``, which plotly.js renders from the
+map) with the step before: the pane that depends on the moved control must change, the others
+must not. Any JavaScript error, and any "Error displaying widget", fails the test.
+Screenshots, the console and the server log are in ``test-artifacts/browser/``.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import io
+import re
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from PIL import Image
+
+pytestmark = pytest.mark.slow
+
+MAP_PANES = ("Grad-CAM", "LayerCAM", "I-CAM", "Fusion-CAM")
+FIRST_RENDER_TIMEOUT = 240  # s: kernel start, torch import, the demo model, 10 FigureWidgets (~30 s here)
+UPDATE_TIMEOUT = 90  # s: one slider move or upload, metrics and curves included (~2-5 s here)
+# The status line once the maps, metrics and curves of the last request are shown.
+STATUS_DONE = re.compile(r"^(?P<label>.+): maps in \d+ ms, metrics in \d+ ms, curves in \d+ ms$")
+
+# Everything the test compares, read from the rendered page in one call.
+SNAPSHOT_JS = """(root) => {
+  const text = (el) => (el ? el.textContent : '');
+  const plots = [...root.querySelectorAll('.js-plotly-plot')].map((plot) => ({
+    title: text(plot.querySelector('.gtitle')),
+    text: text(plot.querySelector('.infolayer')),
+    map: plot.querySelector('.hm image')?.getAttribute('href') ?? null,     // the heatmap, drawn
+    image: plot.querySelector('.im image')?.getAttribute('href') ?? null,   // the picture under it
+  }));
+  const sliders = Object.fromEntries([...root.querySelectorAll('.widget-slider')].map((s) => [
+    text(s.querySelector('.widget-label')), s.querySelector('.noUi-handle')?.getAttribute('aria-valuenow')]));
+  const dropdowns = Object.fromEntries([...root.querySelectorAll('.widget-dropdown')].map((d) => {
+    const select = d.querySelector('select');
+    const shown = select.selectedIndex < 0 ? '' : select.options[select.selectedIndex].text.replace(/\u00a0/g, ' ');
+    return [text(d.querySelector('.widget-label')), shown];
+  }));
+  const status = root.querySelector('.widget-hprogress + .widget-html .widget-html-content');
+  return {plots, sliders, dropdowns, status: text(status).trim()};
+}"""
+
+
+def _digest(s: str | None) -> str | None:
+    return None if s is None else hashlib.sha1(s.encode()).hexdigest()[:12]
+
+
+@dataclass
+class Snapshot:
+    maps: dict[str, str | None]  # map pane title -> digest of its heatmap's data URI (None: no heatmap drawn)
+    images: dict[str, str | None]  # map pane title -> digest of the picture under the heatmap
+    titles: dict[str, str]  # every plot's title -> the text of its title and annotations
+    sliders: dict[str, str | None]
+    dropdowns: dict[str, str]  # label -> the option shown
+    status: str
+    picture: str | None  # the data URI of the picture under the Grad-CAM map
+
+    @classmethod
+    def read(cls, root: Any) -> Snapshot:
+        raw = root.evaluate(SNAPSHOT_JS)
+        panes = {p["title"]: p for p in raw["plots"] if p["title"] in MAP_PANES}
+        return cls(maps={t: _digest(panes.get(t, {}).get("map")) for t in MAP_PANES},
+                   images={t: _digest(panes.get(t, {}).get("image")) for t in MAP_PANES},
+                   titles={p["title"]: p["title"] + " | " + p["text"] for p in raw["plots"]},
+                   sliders=raw["sliders"], dropdowns=raw["dropdowns"], status=raw["status"],
+                   picture=panes.get("Grad-CAM", {}).get("image"))
+
+    def title(self, prefix: str) -> str:
+        return next((v for k, v in self.titles.items() if k.startswith(prefix)), "")
+
+    @property
+    def done(self) -> bool:
+        """Maps, metrics and curves of the last request shown, no error, every map drawn."""
+        return bool(STATUS_DONE.match(self.status)) and all(self.maps.values())
+
+    @property
+    def label(self) -> str:
+        m = STATUS_DONE.match(self.status)
+        return m["label"] if m else ""
+
+    def describe(self) -> str:
+        return (f"status={self.status!r} dropdowns={self.dropdowns} sliders={self.sliders} maps={self.maps} "
+                f"images={self.images} I-CAM scores={self.title('I-CAM layer scores')!r} "
+                f"Fusion components={self.title('Fusion-CAM components')!r}")
+
+
+class Explorer:
+    """The CAMExplorer's output in the notebook, as the browser shows it."""
+
+    def __init__(self, page: Any, console: Any, artifacts: Path) -> None:
+        self.page, self.console, self.artifacts = page, console, artifacts
+        self.root = page.locator(".jp-OutputArea-output", has=page.locator(".widget-upload"))
+        self.shots = 0
+
+    def snapshot(self) -> Snapshot:
+        return Snapshot.read(self.root)
+
+    def check_no_errors(self) -> None:
+        assert not self.console.errors, "JavaScript errors in the page:\n" + "\n".join(self.console.errors)
+        n = self.page.get_by_text("Error displaying widget").count()
+        assert n == 0, f"{n} widget(s) show 'Error displaying widget'"
+
+    def wait_for(self, what: str, predicate: Any, timeout: float = UPDATE_TIMEOUT) -> Snapshot:
+        """Poll the rendered page until ``predicate(snapshot)`` holds on two reads 0.4 s apart
+        with the same maps (the redraw has settled); fail with the last state otherwise."""
+        deadline = time.monotonic() + timeout
+        previous: Snapshot | None = None
+        while True:
+            self.check_no_errors()
+            snap = self.snapshot()
+            if predicate(snap):
+                if previous is not None and previous.maps == snap.maps and previous.images == snap.images:
+                    return snap
+                previous = snap
+            else:
+                previous = None
+            if time.monotonic() > deadline:
+                pytest.fail(f"timed out after {timeout:.0f} s waiting for {what}; last state: {snap.describe()}",
+                            pytrace=False)
+            self.page.wait_for_timeout(400)
+
+    def slider_handle(self, label_start: str) -> Any:
+        slider = self.root.locator(".widget-slider").filter(
+            has=self.page.locator(".widget-label", has_text=re.compile("^" + re.escape(label_start))))
+        assert slider.count() == 1, f"expected one slider labelled {label_start!r}, found {slider.count()}"
+        return slider.locator(".noUi-handle")
+
+    def press(self, label_start: str, key: str, times: int) -> None:
+        """Focus the slider's handle and press ``key`` like a person at the keyboard."""
+        handle = self.slider_handle(label_start)
+        handle.scroll_into_view_if_needed()
+        handle.focus()
+        for _ in range(times):
+            handle.press(key)
+
+    def upload(self, files: Any) -> None:
+        button = self.root.locator(".widget-upload")
+        button.scroll_into_view_if_needed()
+        with self.page.expect_file_chooser() as chooser:
+            button.click()
+        chooser.value.set_files(files)
+
+    def screenshot(self, name: str, page: bool = False) -> None:
+        self.shots += 1
+        stem = self.artifacts / f"{self.shots:02d}-{name}"
+        self.root.screenshot(path=f"{stem}-explorer.png")
+        if page:
+            self.page.screenshot(path=f"{stem}-page.png")
+
+
+def _changed(before: Snapshot, after: Snapshot) -> set[str]:
+    return {t for t in MAP_PANES if before.maps[t] != after.maps[t]}
+
+
+def _run_all_cells(page: Any) -> None:
+    """Run → Run All Cells, from the menu bar."""
+    page.locator(".lm-MenuBar-itemLabel", has_text=re.compile(r"^Run$")).click()
+    page.locator(".lm-Menu-itemLabel", has_text=re.compile(r"^Run All Cells$")).click()
+
+
+def _square_png(path: Path) -> np.ndarray:
+    """Save a bundled sample of another class than the notebook's star as a PNG file; its pixels."""
+    import camwidgets as cw
+
+    img = cw.load_sample("shapes-square")["image"]  # (3, H, W) in [0, 1]
+    rgb = (img.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+    Image.fromarray(rgb).save(path)
+    return rgb
+
+
+def _pixels(data_uri: str | None) -> np.ndarray:
+    """The pixels of a ``data:image/png;base64,...`` URI (what plotly draws a go.Image from)."""
+    assert data_uri and data_uri.startswith("data:image/png;base64,"), str(data_uri)[:60]
+    return np.asarray(Image.open(io.BytesIO(base64.b64decode(data_uri.split(",", 1)[1]))).convert("RGB"))
+
+
+def test_quickstart_explorer_in_jupyterlab(lab_server: Any, page: Any, console: Any, artifacts: Path,
+                                           tmp_path: Path) -> None:
+    square_png = tmp_path / "square.png"
+    square_rgb = _square_png(square_png)
+    page.set_default_timeout(UPDATE_TIMEOUT * 1000)
+
+    # -- open the notebook once its kernel is up, and run every cell -----------------------------
+    page.goto(lab_server.lab_url("quickstart.ipynb"))
+    page.get_by_text("Python 3 (ipykernel) | Idle").wait_for(timeout=FIRST_RENDER_TIMEOUT * 1000)
+    _run_all_cells(page)
+    prompts = page.locator(".jp-CodeCell .jp-InputArea-prompt")
+    page.wait_for_function(
+        """() => { const p = [...document.querySelectorAll('.jp-CodeCell .jp-InputArea-prompt')];
+                   return p.length > 0 && p.every((e) => /^\\[\\d+\\]:$/.test(e.textContent.trim())); }""",
+        timeout=FIRST_RENDER_TIMEOUT * 1000)
+    assert prompts.count() >= 7
+    page.screenshot(path=str(artifacts / "00-notebook-after-run-all.png"))  # as Run All left it
+    explorer = Explorer(page, console, artifacts)
+    assert explorer.root.count() == 1, "the explorer's output should appear once"
+    explorer.root.scroll_into_view_if_needed()
+    # The notebook drives the explorer to T = 0.7 and θ = 30 before the later cells run.
+    start = explorer.wait_for(
+        "the explorer's first picture (T = 0.70, θ = 30)",
+        lambda s: s.done and "T = 0.70" in s.title("I-CAM layer scores") and "θ=30" in s.title("Fusion-CAM components"),
+        timeout=FIRST_RENDER_TIMEOUT)
+    assert start.label == "star", start.describe()
+    assert start.dropdowns["image"] == "shapes-star", start.dropdowns
+    assert start.dropdowns["class"].startswith("predicted: star ("), start.dropdowns
+    assert start.sliders.get("T (I-CAM)") == "0.7" and start.sliders.get("θ (Fusion-CAM)") == "30.0", start.sliders
+    assert len(set(start.maps.values())) == len(MAP_PANES), f"four different maps expected: {start.describe()}"
+    explorer.screenshot("first-picture", page=True)
+
+    # -- θ: 30 -> 40 with the arrow keys: only the Fusion-CAM map changes --------------------------
+    explorer.press("θ (Fusion-CAM)", "ArrowRight", 10)
+    theta = explorer.wait_for("Fusion-CAM at θ = 40",
+                              lambda s: s.done and "θ=40" in s.title("Fusion-CAM components"))
+    assert theta.sliders["θ (Fusion-CAM)"] == "40.0", theta.sliders
+    assert _changed(start, theta) == {"Fusion-CAM"}, f"before: {start.describe()}\nafter: {theta.describe()}"
+    assert theta.images == start.images
+    explorer.screenshot("theta-40")
+
+    # -- T: 0.70 -> 0.80: I-CAM keeps more layers; only the I-CAM map changes ----------------------
+    explorer.press("T (I-CAM)", "ArrowRight", 10)
+    t_move = explorer.wait_for("I-CAM at T = 0.80",
+                               lambda s: s.done and "T = 0.80" in s.title("I-CAM layer scores"))
+    assert t_move.sliders["T (I-CAM)"] == "0.8", t_move.sliders
+    assert _changed(theta, t_move) == {"I-CAM"}, f"before: {theta.describe()}\nafter: {t_move.describe()}"
+    assert t_move.maps["Grad-CAM"] == start.maps["Grad-CAM"] and t_move.maps["LayerCAM"] == start.maps["LayerCAM"]
+    assert t_move.title("I-CAM layer scores") != start.title("I-CAM layer scores")
+    explorer.screenshot("threshold-0.80")
+
+    # -- upload a PNG of a square: every pane redraws over the new picture --------------------------
+    explorer.upload(square_png)
+    square = explorer.wait_for("the panes of the uploaded square",
+                               lambda s: s.done and s.images != t_move.images)
+    # the picture under the maps is the file's, pixel for pixel, and the demo model sees a square
+    diff = int(np.abs(_pixels(square.picture).astype(int) - square_rgb).max())
+    assert diff <= 1, f"the panes show another picture than the uploaded file (pixels differ by up to {diff})"
+    assert len(set(square.images.values())) == 1, square.describe()
+    assert square.label == "square", square.describe()
+    assert square.dropdowns["image"] == "(uploaded)", square.dropdowns
+    assert square.dropdowns["class"].startswith("predicted: square ("), square.dropdowns
+    assert _changed(t_move, square) == set(MAP_PANES), f"before: {t_move.describe()}\nafter: {square.describe()}"
+    explorer.screenshot("uploaded-square", page=True)
+
+    # -- upload a text file: the status line says why, and the panes stay as they were ---------------
+    explorer.upload({"name": "notes.txt", "mimeType": "text/plain", "buffer": b"this is not an image\n"})
+    refused = explorer.wait_for("the upload error in the status line", lambda s: s.status.startswith("⚠"))
+    assert "not an image PIL can read" in refused.status, refused.status
+    assert refused.maps == square.maps and refused.images == square.images, refused.describe()
+    assert refused.dropdowns == square.dropdowns
+    assert explorer.root.locator(".progress-bar-danger").count() == 1
+    explorer.screenshot("text-upload-refused")
+
+    # -- and the explorer still works: θ 40 -> 35 redraws Fusion-CAM for the square ------------------
+    explorer.press("θ (Fusion-CAM)", "ArrowLeft", 5)
+    after = explorer.wait_for("Fusion-CAM at θ = 35 after the error",
+                              lambda s: s.done and "θ=35" in s.title("Fusion-CAM components"))
+    assert after.label == "square", after.describe()
+    assert _changed(refused, after) == {"Fusion-CAM"}, f"before: {refused.describe()}\nafter: {after.describe()}"
+    explorer.screenshot("theta-35-after-error", page=True)
+    explorer.check_no_errors()
