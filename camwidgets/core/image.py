@@ -97,7 +97,7 @@ def _from_numpy(arr: np.ndarray, what: str, channels_first: bool = False) -> tor
 
 
 def _open(src: str | os.PathLike[str] | bytes) -> torch.Tensor:
-    what = "The bytes" if isinstance(src, bytes) else f"The file {str(src)!r}"
+    what = "The data given" if isinstance(src, bytes) else f"The file {str(src)!r}"
     if not isinstance(src, bytes):
         path = Path(src)
         if not path.exists():
