@@ -92,6 +92,42 @@ def markdown(result: EvaluationResult, title: str, digits: int = 3) -> str:
     return "\n".join(lines) + "\n"
 
 
+# (method, against): the orderings the papers claim, tested on paired per-image differences
+PAIRS = [("fusioncam", "scorecam"), ("fusioncam", "unioncam"), ("fusioncam", "gradcam"),
+         ("unioncam", "scorecam"), ("icam", "layercam")]
+PAIRED_COLUMNS = ["average_drop", "increase_in_confidence", "over_all", "adcc", "iou"]
+
+
+def paired(result: EvaluationResult) -> list[dict[str, Any]]:
+    """Mean per-image difference (method − against) with its 95 % Student-t interval."""
+    from camwidgets.core.evaluate import summarize
+
+    by = {(r["index"], r["method"]): r for r in result.rows}
+    out = []
+    for a, b in PAIRS:
+        diffs = []
+        for (index, m), row in by.items():
+            other = by.get((index, b))
+            if m == a and other is not None:
+                diffs.append({"method": f"{a} - {b}", **{c: (None if row.get(c) is None or other.get(c) is None
+                                                           else row[c] - other[c]) for c in PAIRED_COLUMNS}})
+        out.extend(summarize(diffs, [f"{a} - {b}"], PAIRED_COLUMNS))
+    return out
+
+
+def paired_markdown(entries: list[dict[str, Any]], digits: int = 3) -> str:
+    names = list(dict.fromkeys(e["method"] for e in entries))
+    lines = ["| paired difference | " + " | ".join(PAIRED_COLUMNS) + " |", "|---" * (len(PAIRED_COLUMNS) + 1) + "|"]
+    for n in names:
+        cells = []
+        for c in PAIRED_COLUMNS:
+            e = next(x for x in entries if x["method"] == n and x["metric"] == c)
+            cells.append("n/a" if e["mean"] is None else
+                         f"{e['mean']:+.{digits}f} [{e['ci_low']:+.{digits}f}, {e['ci_high']:+.{digits}f}]")
+        lines.append(f"| {n} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n", type=int, default=500, help="images per run (default 500)")
@@ -104,6 +140,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--fresh", action="store_true", help="discard earlier rows instead of resuming")
     ap.add_argument("--no-progress", action="store_true")
+    ap.add_argument("--ray-workers", type=int, default=0,
+                    help="evaluate on a local Ray cluster with this many 1-CPU workers (same rows; "
+                         "needs camwidgets[ray]); 0: in this process")
     ap.add_argument("--on-error", choices=["raise", "skip"], default="raise",
                     help="skip: record failing image x method pairs in the JSON and go on "
                          "(a re-run retries them)")
@@ -128,7 +167,8 @@ def main(argv: list[str] | None = None) -> int:
         t0 = time.perf_counter()
         res = evaluate(model, data, args.methods, METRICS, preprocess=preprocess, target="label",
                        steps=args.steps, batch_size=args.batch_size, out_dir=args.out / run,
-                       resume=not args.fresh, progress=not args.no_progress, on_error=args.on_error)
+                       resume=not args.fresh, progress=not args.no_progress, on_error=args.on_error,
+                       executor=camwidgets.RayExecutor(workers=args.ray_workers) if args.ray_workers else "local")
         wall = time.perf_counter() - t0
         correct = {r["index"]: r["predicted"] == r["label"] for r in res.rows}
         accuracy = sum(correct.values()) / max(len(correct), 1)
@@ -138,6 +178,9 @@ def main(argv: list[str] | None = None) -> int:
         title = (f"{'Single object' if run == 'single' else '2-3 instances'} "
                  f"(Shapes seed {cfg['seed']}, model accuracy {accuracy:.1%})")
         md.append(markdown(res, title))
+        pairs = paired(res)
+        report["runs"][run]["paired_differences"] = pairs
+        md.append("Paired per-image differences, mean [95 % Student-t interval]:\n\n" + paired_markdown(pairs))
         print(f"{run}: {len(res.rows)} rows ({res.computed} computed, {len(res.errors)} failed) "
               f"in {wall:.1f} s", file=sys.stderr)
         for err in res.errors[:10]:
