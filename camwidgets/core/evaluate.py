@@ -250,6 +250,11 @@ def _as_label(label: Any, index: int) -> int | None:
     return int(label)
 
 
+def _indexable(dataset: Any) -> bool:
+    """Whether items can be loaded by position (``len`` and indexing), not only by iterating."""
+    return hasattr(dataset, "__len__") and hasattr(dataset, "__getitem__") and not isinstance(dataset, Mapping)
+
+
 def _iterate(dataset: Any) -> Iterator[tuple[int, Callable[[], Any]]]:
     """``(index, load)`` pairs; for sequences an item is only loaded when needed."""
     def indexed(i: int) -> Callable[[], Any]:
@@ -258,7 +263,7 @@ def _iterate(dataset: Any) -> Iterator[tuple[int, Callable[[], Any]]]:
     def given(raw: Any) -> Callable[[], Any]:
         return lambda: raw
 
-    if hasattr(dataset, "__len__") and hasattr(dataset, "__getitem__") and not isinstance(dataset, Mapping):
+    if _indexable(dataset):
         for i in range(len(dataset)):
             yield i, indexed(i)
     else:

@@ -25,7 +25,7 @@ from typing import Any
 
 import torch
 
-from .evaluate import LocalExecutor, _iterate, _Task
+from .evaluate import LocalExecutor, _indexable, _iterate, _Task
 
 __all__ = ["LocalExecutor", "RayExecutor"]
 
@@ -143,17 +143,15 @@ class RayExecutor:
     def _shards(self, task: _Task, dataset: Iterable[Any], done: Mapping[tuple[int, str], Any]
                 ) -> tuple[list[int], list[list[tuple[int, list[str], Any]]], bool]:
         """Indices already complete, shards of the rest, and whether items are loaded by the actors."""
-        indexed = hasattr(dataset, "__len__") and hasattr(dataset, "__getitem__") and not isinstance(dataset, Mapping)
+        indexed = _indexable(dataset)
         complete: list[int] = []
         pending: list[tuple[int, list[str], Any]] = []
-        if indexed:
-            for index in range(len(dataset)):  # type: ignore[arg-type]
-                todo = task.todo(index, done)
-                (pending.append((index, todo, None)) if todo else complete.append(index))
-        else:
-            for index, load in _iterate(dataset):
-                todo = task.todo(index, done)
-                (pending.append((index, todo, load())) if todo else complete.append(index))
+        for index, load in _iterate(dataset):  # an indexable dataset's items are not loaded here
+            todo = task.todo(index, done)
+            if not todo:
+                complete.append(index)
+            else:
+                pending.append((index, todo, None if indexed else load()))
         size = int(self.shard_size)
         shards = [pending[i:i + size] for i in range(0, len(pending), size)]
         return complete, shards, indexed
