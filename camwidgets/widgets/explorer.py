@@ -201,7 +201,8 @@ class CAMExplorer(widgets.VBox):
             value=self._image_label if self._image_label in samples else None,
             description="image", layout=widgets.Layout(width="230px"))
         self.image_picker.observe(self._on_pick, "value")
-        self.upload = widgets.FileUpload(accept="image/*", multiple=False, description="upload image")
+        self.upload = widgets.FileUpload(accept="image/*", multiple=False, description="upload image",
+                                         layout=widgets.Layout(width="auto"))
         self.upload.observe(self._on_upload, "value")
         # index=0, not value=None: a Dropdown shows value None as no selection (a blank box).
         self.target_picker = widgets.Dropdown(options=[("predicted class", None)], index=0,
@@ -223,8 +224,9 @@ class CAMExplorer(widgets.VBox):
         self.n_slider = widgets.IntSlider(value=self.n_perturbations, min=1, max=32, description="n (I-CAM)",
                                           continuous_update=False, layout=widgets.Layout(width="300px"))
         widgets.link((self.n_slider, "value"), (self, "n_perturbations"))
+        # ipywidgets 8 draws a ToggleButtons description above the buttons: a Label beside them instead.
         self.bias_picker = widgets.ToggleButtons(options=["channel", "spatial", "none"], value=self.bias,
-                                                 description="bias", style={"button_width": "70px"})
+                                                 style={"button_width": "84px"}, layout=widgets.Layout(width="auto"))
         widgets.link((self.bias_picker, "value"), (self, "bias"))
         self.colorscale_picker = widgets.Dropdown(options=list(COLORSCALES), value=self.colorscale,
                                                   description="colours", layout=widgets.Layout(width="200px"))
@@ -255,7 +257,7 @@ class CAMExplorer(widgets.VBox):
             widgets.HBox([self.image_picker, self.upload, self.target_picker]),
             widgets.HBox(list(self.method_toggles.values()), layout=widgets.Layout(flex_flow="row wrap")),
             widgets.HBox([self.sliders["alpha"], self.sliders["threshold"], self.sliders["theta"]]),
-            widgets.HBox([self.bias_picker, self.n_slider]),
+            widgets.HBox([widgets.Label("bias (I-CAM)"), self.bias_picker, self.n_slider]),
             widgets.HBox([self.sliders["opacity"], self.colorscale_picker]),
             widgets.HBox([self.export_folder, *self.export_buttons.values()]),
             widgets.HBox([self.progress, self.status]),
