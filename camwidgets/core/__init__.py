@@ -34,6 +34,10 @@ _EXPORTS: dict[str, str] = {
     # capture and layers
     "Capture": "_hooks",
     "capture": "_hooks",
+    # threads: one at a time per model, and cooperative cancellation
+    "model_lock": "_hooks",
+    "cancel_when": "_hooks",
+    "Cancelled": "_hooks",
     "candidate_layers": "layers",
     "default_layer": "layers",
     "resolve_layer": "layers",
@@ -127,6 +131,7 @@ __all__ = [
     "ADCCResult",
     "Bias",
     "CAMResult",
+    "Cancelled",
     "Capture",
     "ConfidenceChange",
     "CurveResult",
@@ -146,6 +151,7 @@ __all__ = [
     "ablationcam_weights",
     "adcc",
     "average_drop",
+    "cancel_when",
     "candidate_layers",
     "capture",
     "coherency",
@@ -184,6 +190,7 @@ __all__ = [
     "localisation",
     "mds",
     "metrics",
+    "model_lock",
     "normalize",
     "over_all",
     "perturb",
@@ -214,7 +221,7 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
-    from ._hooks import Capture, capture
+    from ._hooks import Cancelled, Capture, cancel_when, capture, model_lock
     from ._ops import (
         normalize,
         upsample,

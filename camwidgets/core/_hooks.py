@@ -15,10 +15,21 @@ Design (what the tests check):
   the network, so a later in-place operation (torchvision's ``ReLU(inplace=True)``
   after a BatchNorm, ``out += identity``) cannot overwrite what was captured, and the
   gradient is that of the stored tensor.
+* One thread at a time per model: :func:`eval_mode` and :func:`forward_hooks` hold the
+  model's re-entrant lock (:func:`model_lock`) for their block. Two threads that use one
+  model (the explorer's map and metrics workers) take turns, so neither runs a forward
+  pass while the other's hooks are registered, and neither records the other's
+  "eval" as the model's own mode. Passes of other models, and other processes, are not
+  affected.
+* Long loops call :func:`checkpoint` between batches: inside :func:`cancel_when`, a
+  computation that is no longer wanted raises :class:`Cancelled` there, with its hooks
+  removed and modes restored like any other exception.
 """
 
 from __future__ import annotations
 
+import threading
+import weakref
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -26,8 +37,54 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-__all__ = ["Capture", "batch_logits", "capture", "eval_mode", "forward_hooks", "model_device", "model_dtype",
-           "target_scores"]
+__all__ = ["Cancelled", "Capture", "batch_logits", "cancel_when", "capture", "checkpoint", "eval_mode",
+           "forward_hooks", "model_device", "model_dtype", "model_lock", "target_scores"]
+
+_LOCKS: weakref.WeakKeyDictionary[nn.Module, threading.RLock] = weakref.WeakKeyDictionary()
+_LOCKS_GUARD = threading.Lock()
+
+
+def model_lock(model: nn.Module) -> threading.RLock:
+    """The re-entrant lock the core holds while it runs ``model`` (one per model object).
+
+    Code of your own that runs the same model on another thread while camwidgets works on
+    it can hold it too: ``with model_lock(model): ...``.
+    """
+    with _LOCKS_GUARD:
+        lock = _LOCKS.get(model)
+        if lock is None:
+            lock = _LOCKS[model] = threading.RLock()
+        return lock
+
+
+class Cancelled(Exception):
+    """A computation stopped at a :func:`checkpoint` because its :func:`cancel_when` predicate held."""
+
+
+_CANCEL = threading.local()
+
+
+@contextmanager
+def cancel_when(predicate: Callable[[], bool]) -> Iterator[None]:
+    """Inside the block, on this thread, :func:`checkpoint` raises :class:`Cancelled` once
+    ``predicate()`` is true. The core checks between batches of model passes, so a long
+    computation (Score-CAM's masked passes, insertion and deletion curves, ADCC) stops
+    within one batch of the predicate turning true. Blocks nest; the inner predicate and
+    every outer one are checked.
+    """
+    outer = getattr(_CANCEL, "predicates", ())
+    _CANCEL.predicates = (*outer, predicate)
+    try:
+        yield
+    finally:
+        _CANCEL.predicates = outer
+
+
+def checkpoint() -> None:
+    """Raise :class:`Cancelled` if a :func:`cancel_when` predicate of this thread holds."""
+    for predicate in getattr(_CANCEL, "predicates", ()):
+        if predicate():
+            raise Cancelled("stopped: the computation is no longer wanted")
 
 
 def model_device(model: nn.Module) -> torch.device:
@@ -49,14 +106,17 @@ def model_dtype(model: nn.Module) -> torch.dtype:
 
 @contextmanager
 def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
-    """Put every module in eval mode; restore each module's own ``training`` flag on exit."""
-    flags = [(m, m.training) for m in model.modules()]
-    model.eval()
-    try:
-        yield model
-    finally:
-        for m, flag in flags:
-            m.training = flag
+    """Put every module in eval mode; restore each module's own ``training`` flag on exit.
+
+    Holds :func:`model_lock` for the block (modes are per model, not per thread)."""
+    with model_lock(model):
+        flags = [(m, m.training) for m in model.modules()]
+        model.eval()
+        try:
+            yield model
+        finally:
+            for m, flag in flags:
+                m.training = flag
 
 
 @contextmanager
@@ -84,21 +144,23 @@ def forward_hooks(model: nn.Module, layers: Sequence[str], *, clone: bool = True
 
         return hook
 
-    try:
-        for name in layers:
-            handles.append(model.get_submodule(name).register_forward_hook(make_hook(name)))
-        yield store
-        again = [n for n, c in calls.items() if c > 1]
-        if again:
-            raise ValueError(
-                f"Layer(s) {again} ran more than once in one forward pass (a shared module, e.g. the "
-                "ReLU a torchvision BasicBlock calls twice), so their activation is ambiguous. Pick the "
-                "enclosing block or a module that runs once."
-            )
-    finally:
-        for h in handles:
-            h.remove()
-        calls.clear()
+    # Hooks fire for every thread's passes of the model: no other thread may run one meanwhile.
+    with model_lock(model):
+        try:
+            for name in layers:
+                handles.append(model.get_submodule(name).register_forward_hook(make_hook(name)))
+            yield store
+            again = [n for n, c in calls.items() if c > 1]
+            if again:
+                raise ValueError(
+                    f"Layer(s) {again} ran more than once in one forward pass (a shared module, e.g. the "
+                    "ReLU a torchvision BasicBlock calls twice), so their activation is ambiguous. Pick the "
+                    "enclosing block or a module that runs once."
+                )
+        finally:
+            for h in handles:
+                h.remove()
+            calls.clear()
 
 
 @dataclass(frozen=True, eq=False)
@@ -180,6 +242,7 @@ def capture(model: nn.Module, x: torch.Tensor, layers: Sequence[str],
     Capture
         Detached tensors; layers whose output is not a tensor are omitted.
     """
+    checkpoint()
     device = model_device(model)
     with torch.inference_mode(False), torch.enable_grad(), eval_mode(model):
         xin = x.detach().to(device=device, dtype=model_dtype(model)).clone()
@@ -226,6 +289,7 @@ def capture(model: nn.Module, x: torch.Tensor, layers: Sequence[str],
 
 def batch_logits(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """Logits of one batch ``(N, 3, H, W)`` without autograd, in eval mode: ``(N, C)``."""
+    checkpoint()
     with torch.inference_mode(), eval_mode(model):
         out = model(x.to(device=model_device(model), dtype=model_dtype(model)))
     return out.clone()  # a normal (non-inference) tensor

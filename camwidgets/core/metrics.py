@@ -61,7 +61,7 @@ from skimage.measure import label as _sk_label
 from torch import nn
 from torch.nn import functional as F
 
-from ._hooks import eval_mode, model_device
+from ._hooks import checkpoint, eval_mode, model_device
 from .image import load_image
 from .preprocess import Preprocess
 
@@ -353,6 +353,7 @@ class _Scorer:
         return torch.cat(outs)
 
     def _run(self, pixels: torch.Tensor) -> torch.Tensor:
+        checkpoint()
         self.forward_passes += 1
         return _logits(self.model, self.normalize(pixels.to(self.device)))
 

@@ -52,7 +52,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ._hooks import eval_mode, model_device, model_dtype
+from ._hooks import checkpoint, eval_mode, model_device, model_dtype, model_lock
 
 __all__ = ["RegionWeights", "ScoreCAMVariant", "ablationcam_weights", "region_map", "scorecam_masks",
            "scorecam_weights"]
@@ -163,6 +163,7 @@ def scorecam_weights(model: nn.Module, x: torch.Tensor, activation: torch.Tensor
     with torch.inference_mode(), eval_mode(model):
         starts = list(range(0, int(run.numel()), batch_size)) or ([0] if need_zero_image else [])
         for i, start in enumerate(starts):
+            checkpoint()
             idx = run[start:start + batch_size]
             masks = scorecam_masks(act[idx], size).to(dtype)
             batch = x * masks[:, None]
@@ -238,30 +239,33 @@ def ablationcam_weights(model: nn.Module, x: torch.Tensor, layer: str, activatio
 
     broadcast_prefix = True
     passes = 0
-    handle = module.register_forward_hook(hook)
-    try:
-        with torch.inference_mode(), eval_mode(model):
-            for start in range(0, int(run.numel()), batch_size):
-                idx = run[start:start + batch_size]
-                state["idx"] = idx
-                logits = None
-                if broadcast_prefix:
-                    passes += 1  # counted even if it fails part-way
-                    try:
-                        logits = model(x)
-                        if logits.shape[0] != idx.numel():
+    # The hook would alter another thread's passes of the model: its lock is held from before it is registered.
+    with model_lock(model):
+        handle = module.register_forward_hook(hook)
+        try:
+            with torch.inference_mode(), eval_mode(model):
+                for start in range(0, int(run.numel()), batch_size):
+                    checkpoint()
+                    idx = run[start:start + batch_size]
+                    state["idx"] = idx
+                    logits = None
+                    if broadcast_prefix:
+                        passes += 1  # counted even if it fails part-way
+                        try:
+                            logits = model(x)
+                            if logits.shape[0] != idx.numel():
+                                logits = None
+                        except RuntimeError:
                             logits = None
-                    except RuntimeError:
-                        logits = None
+                        if logits is None:
+                            broadcast_prefix = False
                     if logits is None:
-                        broadcast_prefix = False
-                if logits is None:
-                    logits = model(x.expand(idx.numel(), -1, -1, -1))
-                    passes += 1
-                scores[idx] = logits[:, target].float()
-    finally:
-        handle.remove()
-        state.clear()
+                        logits = model(x.expand(idx.numel(), -1, -1, -1))
+                        passes += 1
+                    scores[idx] = logits[:, target].float()
+        finally:
+            handle.remove()
+            state.clear()
     y = float(score)
     weights = (y - scores) / y
     return RegionWeights(weights=weights.clone(), scores=scores.clone(), skipped=zero.clone(),
