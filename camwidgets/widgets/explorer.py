@@ -16,6 +16,7 @@ import torch
 from traitlets import Enum, Float, Int, List, TraitError, Unicode, observe, validate
 
 from ..core import metrics as M
+from ..core._hooks import Cancelled, cancel_when
 from ..core.explainer import Explainer
 from ..core.image import load_image
 from ..core.preprocess import Preprocess
@@ -586,10 +587,19 @@ class CAMExplorer(widgets.VBox):
     def _metrics(self, exp: Explainer, results: dict[str, Any], generation: int, label: str) -> None:
         """AD, IC and ADCC, then insertion / deletion, for the maps of one update.
 
-        Runs on its own worker, so the maps of the next slider move never wait for it; it
-        stops between methods (and publishes nothing) once a newer update exists. Values are
-        cached per result object: a method whose map did not change is not measured again.
+        Runs on its own worker, so the maps of the next slider move never wait for it; once a
+        newer update exists it publishes nothing and stops within one batch of model passes
+        (the core's checkpoints; the model's lock makes the map worker wait at most that
+        batch). Values are cached per result object: a method whose map did not change is
+        not measured again; a stopped measurement leaves no value behind.
         """
+        try:
+            with cancel_when(lambda: self._stale(generation)):
+                self._measure(exp, results, generation, label)
+        except Cancelled:
+            pass
+
+    def _measure(self, exp: Explainer, results: dict[str, Any], generation: int, label: str) -> None:
         t0 = time.perf_counter()
         model, pre, img, tgt = self.model, self.preprocess, exp.image, exp.target
         columns = ("AD ↓", "IC ↑", "ADCC ↑", "insertion ↑", "deletion ↓")
@@ -602,8 +612,10 @@ class CAMExplorer(widgets.VBox):
                 if self._stale(generation):
                     return
                 cc = M.confidence_change(model, img, r, target=tgt, preprocess=pre)
-                cached["AD ↓"], cached["IC ↑"] = float(cc.average_drop), float(cc.increase_in_confidence)
-                cached["ADCC ↑"] = float(M.adcc(model, img, r, target=tgt, preprocess=pre).adcc)
+                adcc = M.adcc(model, img, r, target=tgt, preprocess=pre)
+                # cached together, after both: a measurement stopped part-way leaves nothing behind
+                cached.update({"AD ↓": float(cc.average_drop), "IC ↑": float(cc.increase_in_confidence),
+                               "ADCC ↑": float(adcc.adcc)})
                 rows[m].update({k: cached[k] for k in ("AD ↓", "IC ↑", "ADCC ↑")})
                 if not self._stale(generation):
                     self.metrics_panel.update_rows(rows)

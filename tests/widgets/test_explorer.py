@@ -1,5 +1,7 @@
 """CAMExplorer driven through its traitlets, without a browser."""
 
+import time
+
 import numpy as np
 import pytest
 import torch
@@ -332,3 +334,60 @@ def test_a_first_upload_shows_the_uploaded_image():
     assert ex.image_picker.value == "(uploaded)"
     expected = ex.preprocess.geometry(torch.from_numpy(pixels.astype(np.float32) / 255).permute(2, 0, 1))
     assert torch.allclose(ex.explainer.image.cpu(), expected, atol=1e-6)
+
+
+def test_slider_moves_during_real_metrics_never_collide_on_the_model():
+    # The map worker and the metrics worker share the model. Before the model lock, moving
+    # alpha while AD/IC/ADCC/insertion ran made one worker's forward passes reach the other's
+    # hooks: 39 of 60 moves ended in "Layer(s) ... ran more than once" errors.
+    ex = CAMExplorer(methods=["gradcam", "icam", "fusioncam"], metrics=True, curves=True, curve_steps=10)
+    assert ex.wait(120)
+    errors = []
+    ex._runner._on_error = errors.append
+    ex._metrics_runner._on_error = errors.append
+    for i in range(30):
+        ex.alpha = round(0.1 + 0.01 * i, 2)
+        if i % 3 == 0:
+            ex.threshold = round(0.6 + 0.01 * i, 2)
+        time.sleep(0.1)  # moves while the maps and metrics of the last ones run
+    assert ex.wait(300)
+    assert errors == [] and ex.message == ""
+    assert ex.results["icam"].params["alpha"] == pytest.approx(0.39)
+    for method in ("gradcam", "icam", "fusioncam"):
+        assert all(v is not None for v in ex.metric_values[method].values()), ex.metric_values[method]
+
+
+def test_a_stale_metric_stops_at_its_next_batch(monkeypatch):
+    import camwidgets.widgets.explorer as explorer_module
+    from camwidgets.core._hooks import Cancelled, checkpoint
+
+    real_adcc = explorer_module.M.adcc
+    outcome = []
+
+    def long_adcc(model, image, saliency_map, **kwargs):
+        # a metric of many batches (Fusion-CAM's ADCC on ResNet-50: ~70 s of Score-CAM passes)
+        if saliency_map.params.get("theta") != 33:
+            return real_adcc(model, image, saliency_map, **kwargs)
+        try:
+            for _ in range(1200):  # 60 s unless stopped
+                checkpoint()
+                time.sleep(0.05)
+        except Cancelled:
+            outcome.append("stopped")
+            raise
+        outcome.append("ran to the end")
+        return real_adcc(model, image, saliency_map, **kwargs)
+
+    monkeypatch.setattr(explorer_module.M, "adcc", long_adcc)
+    ex = CAMExplorer(methods=["fusioncam"], metrics=True, curves=False)
+    assert ex.wait(120)
+    ex.theta = 33
+    while not outcome and not ex._metrics_runner.busy:
+        time.sleep(0.01)
+    time.sleep(0.3)  # the metrics of theta = 33 are in the long metric now
+    ex.theta = 34
+    assert ex.wait(120)
+    assert outcome == ["stopped"]
+    assert ex.message == ""
+    assert ex.results["fusioncam"].params["theta"] == 34
+    assert ex.metric_values["fusioncam"]["ADCC ↑"] is not None
