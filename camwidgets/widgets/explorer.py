@@ -15,8 +15,8 @@ import ipywidgets as widgets
 import torch
 from traitlets import Enum, Float, Int, List, TraitError, Unicode, observe, validate
 
+from ..core import Cancelled, cancel_when
 from ..core import metrics as M
-from ..core._hooks import Cancelled, cancel_when
 from ..core.explainer import Explainer
 from ..core.image import load_image
 from ..core.preprocess import Preprocess
