@@ -15,8 +15,8 @@ slider, the goals, and the process's peak resident memory.
 computed: each move comes S seconds after the previous move's maps were drawn, without
 waiting for its metrics, so the metrics worker is busy on the same model during the move.
 It also counts the moves whose maps failed (errors shown in the status line) and the time
-from the last move's maps to its metrics (a stale metrics job still running delays them). ``--models`` takes ``demo`` or any torchvision
-classifier name (random weights).
+from the last move's maps to its metrics (a stale metrics job still running delays them).
+``--models`` takes ``demo`` or any torchvision classifier name (random weights).
 """
 
 from __future__ import annotations
