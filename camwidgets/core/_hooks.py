@@ -15,12 +15,15 @@ Design (what the tests check):
   the network, so a later in-place operation (torchvision's ``ReLU(inplace=True)``
   after a BatchNorm, ``out += identity``) cannot overwrite what was captured, and the
   gradient is that of the stored tensor.
-* One thread at a time per model: :func:`eval_mode` and :func:`forward_hooks` hold the
-  model's re-entrant lock (:func:`model_lock`) for their block. Two threads that use one
-  model (the explorer's map and metrics workers) take turns, so neither runs a forward
-  pass while the other's hooks are registered, and neither records the other's
-  "eval" as the model's own mode. Passes of other models, and other processes, are not
-  affected.
+* Threads share a model safely: plain passes of a model already in eval mode run side by
+  side (:func:`eval_mode` holds the model's gate *shared*), while a block that registers
+  hooks (:func:`forward_hooks`, Ablation-CAM's channel hook) or changes modes (a model
+  left in train mode) holds it *exclusively* (:func:`model_lock`). So no pass of one
+  thread goes through another thread's hooks, no thread records another's "eval" as the
+  model's own mode, and the explorer's map worker never waits for the metrics worker's
+  plain passes. A thread that holds the gate shared and asks for it exclusively (ADCC
+  re-explaining inside its own block) gives up its shared hold while it waits, so two
+  such threads cannot deadlock; it gets it back when the exclusive block ends.
 * Long loops call :func:`checkpoint` between batches: inside :func:`cancel_when`, a
   computation that is no longer wanted raises :class:`Cancelled` there, with its hooks
   removed and modes restored like any other exception.
@@ -28,6 +31,7 @@ Design (what the tests check):
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import weakref
 from collections.abc import Callable, Iterator, Sequence
@@ -40,21 +44,83 @@ from torch import nn
 __all__ = ["Cancelled", "Capture", "batch_logits", "cancel_when", "capture", "checkpoint", "eval_mode",
            "forward_hooks", "model_device", "model_dtype", "model_lock", "target_scores"]
 
-_LOCKS: weakref.WeakKeyDictionary[nn.Module, threading.RLock] = weakref.WeakKeyDictionary()
-_LOCKS_GUARD = threading.Lock()
+class _Gate:
+    """A reader/writer lock for one model: re-entrant, writers preferred, shared holds given up
+    (and taken back) around an exclusive hold of the same thread."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition(threading.Lock())
+        self._readers: dict[int, int] = {}  # thread id -> shared holds
+        self._writer: int | None = None
+        self._depth = 0
+        self._writers_waiting = 0
+
+    @contextmanager
+    def shared(self) -> Iterator[None]:
+        me = threading.get_ident()
+        with self._cond:
+            if self._writer != me and not self._readers.get(me):
+                self._cond.wait_for(lambda: self._writer is None and not self._writers_waiting)
+            self._readers[me] = self._readers.get(me, 0) + 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._readers[me] -= 1
+                if not self._readers[me]:
+                    del self._readers[me]
+                self._cond.notify_all()
+
+    @contextmanager
+    def exclusive(self) -> Iterator[None]:
+        me = threading.get_ident()
+        held = 0
+        with self._cond:
+            if self._writer == me:
+                self._depth += 1
+            else:
+                held = self._readers.pop(me, 0)  # waiting while holding it shared could deadlock
+                self._cond.notify_all()
+                self._writers_waiting += 1
+                try:
+                    self._cond.wait_for(lambda: self._writer is None and not self._readers)
+                finally:
+                    self._writers_waiting -= 1
+                self._writer, self._depth = me, 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._depth -= 1
+                if not self._depth:
+                    self._writer = None
+                    if held:
+                        self._readers[me] = held
+                self._cond.notify_all()
 
 
-def model_lock(model: nn.Module) -> threading.RLock:
-    """The re-entrant lock the core holds while it runs ``model`` (one per model object).
+_GATES: weakref.WeakKeyDictionary[nn.Module, _Gate] = weakref.WeakKeyDictionary()
+_GATES_GUARD = threading.Lock()
 
-    Code of your own that runs the same model on another thread while camwidgets works on
-    it can hold it too: ``with model_lock(model): ...``.
+
+def _gate(model: nn.Module) -> _Gate:
+    with _GATES_GUARD:
+        gate = _GATES.get(model)
+        if gate is None:
+            gate = _GATES[model] = _Gate()
+        return gate
+
+
+def model_lock(model: nn.Module) -> contextlib.AbstractContextManager[None]:
+    """Exclusive use of ``model`` for the ``with`` block: no camwidgets pass of another thread
+    runs meanwhile (re-entrant; one gate per model object).
+
+    camwidgets holds it while hooks are registered on the model or its modes are changed;
+    plain passes of a model in eval mode share the gate. Code of your own that hooks or
+    trains the same model while camwidgets works on it on another thread can hold it too:
+    ``with model_lock(model): ...``.
     """
-    with _LOCKS_GUARD:
-        lock = _LOCKS.get(model)
-        if lock is None:
-            lock = _LOCKS[model] = threading.RLock()
-        return lock
+    return _gate(model).exclusive()
 
 
 class Cancelled(Exception):
@@ -108,8 +174,15 @@ def model_dtype(model: nn.Module) -> torch.dtype:
 def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
     """Put every module in eval mode; restore each module's own ``training`` flag on exit.
 
-    Holds :func:`model_lock` for the block (modes are per model, not per thread)."""
-    with model_lock(model):
+    A model already in eval mode is left untouched and its gate held shared (other threads'
+    plain passes run alongside); otherwise the modes change, and the gate is held
+    exclusively (modes are per model, not per thread)."""
+    gate = _gate(model)
+    with gate.shared():
+        if not any(m.training for m in model.modules()):
+            yield model
+            return
+    with gate.exclusive():
         flags = [(m, m.training) for m in model.modules()]
         model.eval()
         try:

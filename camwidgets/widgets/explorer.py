@@ -589,9 +589,10 @@ class CAMExplorer(widgets.VBox):
 
         Runs on its own worker, so the maps of the next slider move never wait for it; once a
         newer update exists it publishes nothing and stops within one batch of model passes
-        (the core's checkpoints; the model's lock makes the map worker wait at most that
-        batch). Values are cached per result object: a method whose map did not change is
-        not measured again; a stopped measurement leaves no value behind.
+        (the core's checkpoints). The map worker's plain passes run beside its passes; a map
+        pass that registers hooks (a capture) waits for at most that batch (the model's gate,
+        :func:`camwidgets.core.model_lock`). Values are cached per result object: a method whose
+        map did not change is not measured again; a stopped measurement leaves no value behind.
         """
         try:
             with cancel_when(lambda: self._stale(generation)):

@@ -63,8 +63,9 @@ def _run_together(*jobs, rounds: int) -> list[BaseException]:
     return errors
 
 
-def test_captures_and_plain_passes_on_two_threads_take_turns():
-    net = _bn_net().train()  # a user's model left in training mode
+@pytest.mark.parametrize("mode", ["train", "eval"])
+def test_captures_and_plain_passes_on_two_threads_take_turns(mode):
+    net = _bn_net().train(mode == "train")  # train: a user's model left in training mode
     state = {k: v.clone() for k, v in net.state_dict().items()}
     layers = ["1", "4"]
     xa, xb = torch.rand(2, 3, 16, 16), torch.rand(3, 3, 16, 16)
@@ -80,14 +81,14 @@ def test_captures_and_plain_passes_on_two_threads_take_turns():
         out = batch_logits(net, xb)
         assert torch.equal(out, ref_logits), "the other thread's hooks or mode reached this pass"
 
-    errors = _run_together(hooked, plain, rounds=40)
+    errors = _run_together(hooked, plain, rounds=150)
     assert not errors, errors[:3]
     for c in got:
         for n in layers:
             assert torch.equal(c.activations[n], ref.activations[n])
             assert torch.equal(c.gradients[n], ref.gradients[n])
-    # the model is as the user left it: training mode everywhere, statistics untouched
-    assert all(m.training for m in net.modules())
+    # the model is as the user left it: its modes, its statistics
+    assert all(m.training == (mode == "train") for m in net.modules())
     for k, v in net.state_dict().items():
         assert torch.equal(v, state[k]), k
 
@@ -108,33 +109,142 @@ def test_ablation_hook_never_reaches_another_threads_passes():
     def plain():
         assert torch.equal(batch_logits(net, xb), ref_logits), "an ablated channel reached this pass"
 
-    errors = _run_together(ablate, plain, rounds=25)
+    errors = _run_together(ablate, plain, rounds=150)
     assert not errors, errors[:3]
     assert all(not m._forward_hooks for m in net.modules())
 
 
-def test_the_lock_is_per_model_and_reentrant():
-    a, b = _bn_net(), _bn_net()
-    assert model_lock(a) is model_lock(a) and model_lock(a) is not model_lock(b)
-    with model_lock(a), model_lock(a):  # the core nests eval_mode inside forward_hooks' lock
-        batch_logits(a, torch.rand(1, 3, 8, 8))
-    # held by this thread, another thread waits; released, it gets it
-    seen = []
+class _Pause(nn.Module):
+    """Identity that, for the thread named in ``hold``, signals ``entered`` and waits for ``go``."""
 
-    def other():
-        lock = model_lock(a)
-        seen.append(lock.acquire(timeout=0.2))
-        if seen[-1]:
-            lock.release()
+    def __init__(self) -> None:
+        super().__init__()
+        self.hold: int | None = None
+        self.entered, self.go = threading.Event(), threading.Event()
 
-    with model_lock(a):
-        t = threading.Thread(target=other)
-        t.start()
-        t.join()
-    t = threading.Thread(target=other)
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if threading.get_ident() == self.hold:
+            self.entered.set()
+            assert self.go.wait(20), "never released"
+        return x
+
+
+def _paused_net() -> tuple[nn.Module, _Pause]:
+    pause = _Pause()
+    net = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), pause, nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                        nn.Linear(4, 3))
+    return net.eval(), pause
+
+
+def _start_paused(pause: _Pause, job) -> threading.Thread:
+    """Run ``job`` on a thread that stops inside the model's forward until ``pause.go`` is set."""
+    def run():
+        pause.hold = threading.get_ident()
+        job()
+
+    t = threading.Thread(target=run, daemon=True)
     t.start()
-    t.join()
-    assert seen == [False, True]
+    assert pause.entered.wait(20)
+    return t
+
+
+_late: list[threading.Thread] = []
+
+
+def _finishes(job, timeout: float) -> bool:
+    """True if ``job`` finishes within ``timeout`` on a thread of its own (a job that did not is
+    joined by :func:`_join_late` later)."""
+    t = threading.Thread(target=job, daemon=True)
+    t.start()
+    t.join(timeout)
+    if t.is_alive():
+        _late.append(t)
+        return False
+    return True
+
+
+def _join_late() -> None:
+    """Wait for the jobs that were still waiting: they run once the gate is free."""
+    while _late:
+        t = _late.pop()
+        t.join(20)
+        assert not t.is_alive(), "a waiting pass never ran"
+
+
+def test_plain_passes_of_an_eval_model_run_side_by_side():
+    net, pause = _paused_net()
+    x = torch.rand(1, 3, 8, 8)
+    a = _start_paused(pause, lambda: batch_logits(net, x))
+    try:
+        # thread A is inside a pass; a pass of another thread runs meanwhile
+        assert _finishes(lambda: batch_logits(net, x), 20)
+    finally:
+        pause.go.set()
+        a.join(20)
+
+
+def test_hooks_and_mode_changes_exclude_other_threads_passes():
+    x = torch.rand(1, 3, 8, 8)
+    # a capture (hooks registered) in flight: another thread's plain pass waits for it
+    net, pause = _paused_net()
+    a = _start_paused(pause, lambda: capture(net, x, ["0"], target=0))
+    try:
+        assert not _finishes(lambda: batch_logits(net, x), 0.5)
+    finally:
+        pause.go.set()
+        a.join(20)
+    _join_late()
+    # a model left in train mode: the pass that puts it in eval mode excludes the others
+    net, pause = _paused_net()
+    net.train()
+    a = _start_paused(pause, lambda: batch_logits(net, x))
+    try:
+        assert not _finishes(lambda: batch_logits(net, x), 0.5)
+    finally:
+        pause.go.set()
+        a.join(20)
+    _join_late()
+    assert all(m.training for m in net.modules())
+    # model_lock: the same for code of the user's own
+    net, pause = _paused_net()
+    held, done = threading.Event(), threading.Event()
+
+    def user():
+        with model_lock(net):
+            held.set()
+            done.wait(20)
+
+    u = threading.Thread(target=user, daemon=True)
+    u.start()
+    assert held.wait(20)
+    try:
+        assert not _finishes(lambda: batch_logits(net, x), 0.5)
+    finally:
+        done.set()
+        u.join(20)
+    _join_late()
+
+
+def test_exclusive_inside_shared_on_two_threads_does_not_deadlock():
+    # ADCC re-explains (a capture: exclusive) inside its own eval_mode block (shared); two
+    # threads doing so at once must both finish.
+    from camwidgets.core._hooks import eval_mode
+
+    net = _bn_net().eval()
+    x = torch.rand(1, 3, 16, 16)
+    ref = capture(net, x, ["4"], target=1).activations["4"]
+    both_inside = threading.Barrier(2)
+
+    def job():
+        with eval_mode(net):
+            both_inside.wait(20)  # both threads hold the gate shared here
+            c = capture(net, x, ["4"], target=1)
+            assert torch.equal(c.activations["4"], ref)
+            with model_lock(net), model_lock(net), eval_mode(net):  # re-entrant
+                batch_logits(net, x)
+
+    errors = _run_together(job, job, rounds=1)
+    assert not errors, errors
 
 
 def test_cancel_when_stops_scorecam_at_the_next_batch():
