@@ -54,11 +54,11 @@ def _run_together(*jobs, rounds: int) -> list[BaseException]:
         except BaseException as err:  # collected for the assertion
             errors.append(err)
 
-    threads = [threading.Thread(target=loop, args=(job,)) for job in jobs]
+    threads = [threading.Thread(target=loop, args=(job,), daemon=True) for job in jobs]  # a deadlock fails, never hangs
     for t in threads:
         t.start()
     for t in threads:
-        t.join(120)
+        t.join(60)
     assert not any(t.is_alive() for t in threads), "a thread did not finish"
     return errors
 
