@@ -171,39 +171,34 @@ def _join_late() -> None:
         assert not t.is_alive(), "a waiting pass never ran"
 
 
-def test_plain_passes_of_an_eval_model_run_side_by_side():
-    net, pause = _paused_net()
+def _other_pass_finishes(net: nn.Module, pause: _Pause, job, timeout: float) -> bool:
+    """While ``job`` is paused inside the model's forward on one thread, does a plain pass of
+    another thread finish within ``timeout``? (Everything is joined before returning.)"""
     x = torch.rand(1, 3, 8, 8)
-    a = _start_paused(pause, lambda: batch_logits(net, x))
+    a = _start_paused(pause, job)
     try:
-        # thread A is inside a pass; a pass of another thread runs meanwhile
-        assert _finishes(lambda: batch_logits(net, x), 20)
+        return _finishes(lambda: batch_logits(net, x), timeout)
     finally:
         pause.go.set()
         a.join(20)
+        _join_late()
+
+
+def test_plain_passes_of_an_eval_model_run_side_by_side():
+    net, pause = _paused_net()
+    x = torch.rand(1, 3, 8, 8)
+    assert _other_pass_finishes(net, pause, lambda: batch_logits(net, x), 20)
 
 
 def test_hooks_and_mode_changes_exclude_other_threads_passes():
     x = torch.rand(1, 3, 8, 8)
     # a capture (hooks registered) in flight: another thread's plain pass waits for it
     net, pause = _paused_net()
-    a = _start_paused(pause, lambda: capture(net, x, ["0"], target=0))
-    try:
-        assert not _finishes(lambda: batch_logits(net, x), 0.5)
-    finally:
-        pause.go.set()
-        a.join(20)
-    _join_late()
+    assert not _other_pass_finishes(net, pause, lambda: capture(net, x, ["0"], target=0), 0.5)
     # a model left in train mode: the pass that puts it in eval mode excludes the others
     net, pause = _paused_net()
     net.train()
-    a = _start_paused(pause, lambda: batch_logits(net, x))
-    try:
-        assert not _finishes(lambda: batch_logits(net, x), 0.5)
-    finally:
-        pause.go.set()
-        a.join(20)
-    _join_late()
+    assert not _other_pass_finishes(net, pause, lambda: batch_logits(net, x), 0.5)
     assert all(m.training for m in net.modules())
     # model_lock: the same for code of the user's own
     net, pause = _paused_net()
