@@ -44,6 +44,7 @@ from torch import nn
 __all__ = ["Cancelled", "Capture", "batch_logits", "cancel_when", "capture", "checkpoint", "eval_mode",
            "forward_hooks", "model_device", "model_dtype", "model_lock", "target_scores"]
 
+
 class _Gate:
     """A reader/writer lock for one model: re-entrant, writers preferred, shared holds given up
     (and taken back) around an exclusive hold of the same thread."""
