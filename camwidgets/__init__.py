@@ -17,6 +17,7 @@ _EXPORTS: dict[str, str] = {
     "load_image": "camwidgets.core.image",
     "Preprocess": "camwidgets.core.preprocess",
     "Explainer": "camwidgets.core.explainer",
+    "methods": "camwidgets.core.methods",
     "load_demo_model": "camwidgets.models",
     "load_torchvision": "camwidgets.models",
     "Shapes": "camwidgets.datasets",

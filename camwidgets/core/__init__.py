@@ -23,8 +23,6 @@ _EXPORTS: dict[str, str] = {
     # entry point
     "Explainer": "explainer",
     "explain_batch": "explainer",
-    "GRADIENT_METHODS": "explainer",
-    "REGION_METHODS": "explainer",
     # results
     "CAMResult": "results",
     "RegionCAMResult": "results",
@@ -119,14 +117,12 @@ _EXPORTS: dict[str, str] = {
     "LocalExecutor": "executors",
     "RayExecutor": "executors",
 }
-_SUBMODULES = ("explainer", "results", "layers", "region", "image", "preprocess", "gradient", "icam",
+_SUBMODULES = ("explainer", "methods", "results", "layers", "region", "image", "preprocess", "gradient", "icam",
                "fusion", "metrics", "evaluate", "executors")
 
 __all__ = [
     "GRADCAMPP_EPS",
-    "GRADIENT_METHODS",
     "MDS_PROB_FLOOR",
-    "REGION_METHODS",
     "XGRADCAM_EPS",
     "ADCCResult",
     "Bias",
@@ -189,6 +185,7 @@ __all__ = [
     "load_image",
     "localisation",
     "mds",
+    "methods",
     "metrics",
     "model_lock",
     "normalize",
@@ -228,7 +225,7 @@ if TYPE_CHECKING:
     )
     from .evaluate import EvaluationResult, summarize
     from .executors import LocalExecutor, RayExecutor
-    from .explainer import GRADIENT_METHODS, REGION_METHODS, Explainer, explain_batch
+    from .explainer import Explainer, explain_batch
     from .fusion import (
         FusionCAMSteps,
         UnionCAMSteps,

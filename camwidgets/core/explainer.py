@@ -62,24 +62,13 @@ from torch import nn
 
 from . import _ops
 from . import fusion as _fusion
-from . import gradient as _gradient
-from . import icam as _icam
 from ._hooks import Capture, batch_logits, capture, model_device, model_dtype
 from .image import ImageLike, load_image
 from .layers import LayerSpec, candidate_layers, default_layer, resolve_layer, resolve_layers
 from .preprocess import Preprocess
-from .region import ablationcam_weights, region_map, scorecam_weights
-from .results import CAMResult, FusionCAMResult, ICAMResult, RegionCAMResult, UnionCAMResult, freeze_array
+from .results import CAMResult, freeze_array
 
-__all__ = ["GRADIENT_METHODS", "REGION_METHODS", "Explainer", "explain_batch"]
-
-#: Perturbation stages (one per (alpha, n, seed)) an explainer keeps; older ones are recomputed.
-_ICAM_STAGES_KEPT = 4
-#: Gradient methods usable as Fusion-CAM's ``gradient`` map.
-GRADIENT_METHODS: tuple[str, ...] = ("gradcam", "gradcampp", "xgradcam", "layercam")
-#: Region methods usable as Fusion-CAM's ``region`` map.
-REGION_METHODS: tuple[str, ...] = ("scorecam", "ablationcam")
-
+__all__ = ["Explainer", "explain_batch"]
 
 
 def _is_batch(image: object) -> int:
@@ -123,13 +112,6 @@ def _static_num_classes(model: nn.Module) -> int | None:
         if not list(m.children()):
             last = m
     return int(last.out_features) if isinstance(last, nn.Linear) else None
-
-
-def _check_range(name: str, value: float, lo: float, hi: float) -> float:
-    v = float(value)
-    if not lo <= v <= hi or v != v:
-        raise ValueError(f"{name} must lie in [{lo:g}, {hi:g}], got {value!r}.")
-    return v
 
 
 class Explainer:
@@ -323,11 +305,6 @@ class Explainer:
         return (f"Explainer({type(self._model).__name__}, target={self._target}, size={self.size}, "
                 f"{len(self._candidates)} candidate layers)")
 
-    def _cached(self, key: Hashable, compute: Callable[[], Any]) -> Any:
-        if key not in self._cache:
-            self._cache[key] = compute()
-        return self._cache[key]
-
     def _layer(self, layer: LayerSpec | None) -> str:
         if layer is None:
             return self.default_layer
@@ -361,159 +338,142 @@ class Explainer:
         up = _ops.upsample(_ops.normalize(raw).float(), self.size)
         return _ops.normalize(up).clamp(0.0, 1.0)
 
-    # ------------------------------------------------------------------ gradient methods
-    def _gradient_result(self, method: str, layer: LayerSpec | None) -> CAMResult:
-        name = self._layer(layer)
+    # ------------------------------------------------------------------ the stage API (for method implementations)
+    def stage(self, key: Hashable, compute: Callable[[], Any], keep: int | None = None) -> Any:
+        """The value of a cached stage: ``compute()`` the first time ``key`` is asked, then the same object.
 
-        def compute() -> CAMResult:
-            a, g = self._acts[name], self._grads[name]
-            weights: torch.Tensor | None
-            if method == "layercam":
-                weights = None
-                raw = torch.relu(_gradient.layercam_map(a, g))
-            else:
-                fn = {"gradcam": _gradient.gradcam_weights, "gradcampp": _gradient.gradcampp_weights,
-                      "xgradcam": _gradient.xgradcam_weights}[method]
-                weights = fn(a, g)
-                raw = torch.relu(_gradient.weighted_map(a, weights))
-            return CAMResult(method=method, layer=name, target=self._target, params={"layer": name},
-                             map_tensor=self._finish(raw), raw_tensor=raw, weights_tensor=weights)
+        Method implementations (:mod:`camwidgets.core.methods`) keep every intermediate here,
+        keyed by exactly the parameters it depends on, so a parameter change re-runs only
+        the stages that depend on it. ``keep`` bounds the number of entries of this kind
+        (same ``key[0]``) held at once: the oldest are dropped first (and recomputed if
+        asked again).
+        """
+        if key in self._cache:
+            return self._cache[key]
+        if keep is not None and isinstance(key, tuple):
+            same = [k for k in self._cache if isinstance(k, tuple) and k and k[0] == key[0]]
+            for old in same[: max(0, len(same) - keep + 1)]:
+                del self._cache[old]
+        value = compute()
+        self._cache[key] = value
+        return value
 
-        return self._cached((method, name), compute)
+    def layer_name(self, layer: LayerSpec | None) -> str:
+        """The dotted name of ``layer`` (None: :attr:`default_layer`), captured if it was not a candidate.
 
-    def gradcam(self, layer: LayerSpec | None = None) -> CAMResult:
-        """Grad-CAM: ``w_k = mean_ij g_k``, ``L = ReLU(sum_k w_k A_k)`` (SPEC §1).
+        Raises
+        ------
+        ValueError
+            The layer does not exist or does not output a 4-D feature map ``(N, K, h, w)``.
+        """
+        return self._layer(layer)
+
+    def activation(self, layer: str) -> torch.Tensor:
+        """``A`` of a layer for the image: ``(K, h, w)`` (the layer must come from :meth:`layer_name`)."""
+        return self._acts[self._layer(layer)]
+
+    def gradient(self, layer: str) -> torch.Tensor:
+        """``g = dS_c/dA`` of a layer for the image and the target: ``(K, h, w)``."""
+        return self._grads[self._layer(layer)]
+
+    def input_gradient(self) -> torch.Tensor:
+        """``dS_c/dx`` of the model input: ``(3, H, W)``."""
+        return self._input_grad
+
+    def finish(self, raw: torch.Tensor) -> torch.Tensor:
+        """Feature-resolution raw map ``(h, w)`` -> ``(H, W)`` map spanning [0, 1] (see :meth:`_finish`)."""
+        return self._finish(raw)
+
+    def normalize(self, pixels: torch.Tensor) -> torch.Tensor:
+        """Pixel images in ``[0, 1]`` ``(..., 3, H, W)`` -> model inputs (the preprocess's normalisation)."""
+        return self._normalize(pixels)
+
+    @property
+    def input_tensor(self) -> torch.Tensor:
+        """The model input ``x`` ``(1, 3, H, W)`` itself (not a copy: never modify it)."""
+        return self._x
+
+    @property
+    def image_tensor(self) -> torch.Tensor:
+        """The pixel image ``img`` ``(3, H, W)`` itself (not a copy: never modify it)."""
+        return self._img
+
+    @property
+    def logits_tensor(self) -> torch.Tensor:
+        """``S(x)`` ``(num_classes,)`` itself (not a copy)."""
+        return self._logits
+
+    @property
+    def probabilities_tensor64(self) -> torch.Tensor:
+        """``softmax(S(x))`` in float64 ``(num_classes,)``."""
+        return self._probs64
+
+    # ------------------------------------------------------------------ running a method
+    def explain(self, method: str, **params: Any) -> CAMResult:
+        """Run any registered method: ``explain("gradcam", layer="layer4")``.
 
         Parameters
         ----------
-        layer : str, Module or None
-            Dotted name or submodule; None is :attr:`default_layer`.
+        method : str
+            A name from :func:`camwidgets.methods` (e.g. ``"gradcam"``, ``"fusioncam"``).
+        **params
+            The method's parameters (``camwidgets.methods()`` lists them with their
+            ranges and defaults); missing ones take their defaults.
 
         Returns
         -------
         CAMResult
-            ``raw`` ``(h, w)`` at feature resolution (after the ReLU, not normalised);
-            ``map`` ``(H, W)``: normalised, upsampled (bilinear, ``align_corners=False``)
-            and normalised again so it spans exactly [0, 1]; ``weights`` ``(K,)``.
+            The same object for the same method and parameters (cached).
+
+        Raises
+        ------
+        ValueError
+            Before any work: an unknown method (the valid names are listed), an unknown
+            parameter, a value out of its range, or a layer that is not a 4-D feature map.
         """
-        return self._gradient_result("gradcam", layer)
+        from .methods import get
 
-    def gradcampp(self, layer: LayerSpec | None = None) -> CAMResult:
-        """Grad-CAM++ in pytorch-grad-cam's closed form (SPEC §1).
+        spec = get(method)
+        values = spec.resolve(params)
+        if "layer" in values:
+            values["layer"] = self._layer(values["layer"])
+        key = ("result", method, tuple(sorted(values.items())))
+        if key not in self._cache:
+            self._cache[key] = spec.compute(self, **values)
+        return cast(CAMResult, self._cache[key])
 
-        ``alpha = g² / (2 g² + sum_ij A g³ + 1e-6)`` (0 where ``g = 0``),
-        ``w_k = sum_ij alpha ReLU(g)``. The ``1e-6`` is kept: gradients are often
-        ~1e-4, so it is not negligible, and it is what the reference does.
-        """
-        return self._gradient_result("gradcampp", layer)
+    def __getattr__(self, name: str) -> Callable[..., Any]:
+        # exp.gradcam(...), exp.fusioncam(theta=20), ... for every registered method.
+        if name.startswith("_"):
+            raise AttributeError(name)
+        from .methods import REGISTRY
 
-    def xgradcam(self, layer: LayerSpec | None = None) -> CAMResult:
-        """XGrad-CAM: ``w_k = sum_ij (A g) / (sum_ij A + 1e-7)`` (SPEC §1)."""
-        return self._gradient_result("xgradcam", layer)
+        spec = REGISTRY.get(name)
+        if spec is None:
+            raise AttributeError(f"'Explainer' object has no attribute {name!r}; the methods are "
+                                 f"{', '.join(REGISTRY)}.")
 
-    def layercam(self, layer: LayerSpec | None = None) -> CAMResult:
-        """LayerCAM: ``L = ReLU(sum_k ReLU(g_k) ⊙ A_k)`` (SPEC §1); ``weights`` is None."""
-        return self._gradient_result("layercam", layer)
+        def run(*args: Any, **params: Any) -> CAMResult:
+            if len(args) > len(spec.params):
+                raise TypeError(f"{name}() takes at most {len(spec.params)} positional arguments "
+                                f"({', '.join(spec.param_names)}), got {len(args)}.")
+            for p, value in zip(spec.params, args, strict=False):
+                if p.name in params:
+                    raise TypeError(f"{name}() got multiple values for argument {p.name!r}.")
+                params[p.name] = value
+            return self.explain(name, **params)
 
-    # ------------------------------------------------------------------ region methods
-    def _scorecam_stage(self, name: str, variant: str, baseline: str,
-                        batch_size: int) -> Any:
-        def compute() -> Any:
-            base = self._baseline_prob(baseline) if variant == "paper" else 0.0
-            return scorecam_weights(self._model, self._x, self._acts[name], self._target,
-                                    batch_size=batch_size, variant=variant, baseline_probability=base)
+        run.__name__ = run.__qualname__ = name
+        run.__doc__ = spec.docstring()
+        run.__signature__ = spec.signature()  # type: ignore[attr-defined]
+        return run
 
-        return self._cached(("scorecam-weights", name, variant, baseline if variant == "paper" else None),
-                            compute)
+    def __dir__(self) -> list[str]:
+        from .methods import REGISTRY
 
-    def scorecam(self, layer: LayerSpec | None = None, batch_size: int = 32,
-                 variant: str = "gradcam", baseline: str = "zeros") -> RegionCAMResult:
-        """Score-CAM (SPEC §2), masked inputs in batches of ``batch_size``.
-
-        Parameters
-        ----------
-        layer : str, Module or None
-        batch_size : int
-            Masked inputs per forward pass (does not change the result).
-        variant : {"gradcam", "paper"}
-            ``"gradcam"`` (default) equals pytorch-grad-cam: ``w = softmax_k S_c(x ⊙ m_k)``.
-            ``"paper"``: ``w_k = softmax(S(x ⊙ m_k))_c − softmax(S(baseline))_c``.
-        baseline : {"zeros", "black"}
-            The paper variant's baseline: zeros in model-input space (default: the input
-            an all-zero mask gives) or a black image in pixel space.
-
-        Channels with an all-zero activation are not run (exact; see
-        :mod:`camwidgets.core.region`); ``result.skipped`` marks them.
-        """
-        name = self._layer(layer)
-        if variant not in ("gradcam", "paper"):
-            raise ValueError(f"variant must be 'gradcam' or 'paper', got {variant!r}.")
-        self._check_baseline(baseline)
-        if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
-            raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}.")
-
-        def compute() -> RegionCAMResult:
-            rw = self._scorecam_stage(name, variant, baseline, batch_size)
-            raw = region_map(self._acts[name], rw.weights)
-            return RegionCAMResult(
-                method="scorecam", layer=name, target=self._target,
-                params={"layer": name, "batch_size": batch_size, "variant": variant, "baseline": baseline},
-                map_tensor=self._finish(raw), raw_tensor=raw, weights_tensor=rw.weights,
-                scores=freeze_array(rw.scores), skipped=freeze_array(rw.skipped),
-                forward_passes=rw.forward_passes)
-
-        key = ("scorecam", name, batch_size, variant, baseline if variant == "paper" else None)
-        return self._cached(key, compute)
-
-    def ablationcam(self, layer: LayerSpec | None = None, batch_size: int = 32) -> RegionCAMResult:
-        """Ablation-CAM (SPEC §1): ``w_k = (y − y_k) / y`` on the target logit, batched.
-
-        Channel ``k`` is set to 0, or to ``min(A) − 1e7`` where the layer's minimum is
-        not 0. See :mod:`camwidgets.core.region` for the one place it departs from
-        pytorch-grad-cam (layers with negative activations).
-
-        Parameters
-        ----------
-        layer : str, Module or None
-            Dotted name or submodule; None is :attr:`default_layer`.
-        batch_size : int
-            Ablated channels per forward pass (does not change the result).
-
-        Returns
-        -------
-        RegionCAMResult
-            ``scores`` holds the ablated logits ``y_k``; ``map = ReLU(sum_k w_k A_k)``
-            normalised and upsampled like the other single-layer methods. All-zero
-            channels are skipped exactly (``w_k = 0``) when the ablation value is 0.
-        """
-        name = self._layer(layer)
-        if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
-            raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}.")
-
-        def stage() -> Any:
-            y = float(self._logits[self._target])
-            return ablationcam_weights(self._model, self._x, name, self._acts[name], self._target, y,
-                                       batch_size=batch_size)
-
-        def compute() -> RegionCAMResult:
-            rw = self._cached(("ablationcam-weights", name), stage)
-            raw = region_map(self._acts[name], rw.weights)
-            return RegionCAMResult(
-                method="ablationcam", layer=name, target=self._target,
-                params={"layer": name, "batch_size": batch_size},
-                map_tensor=self._finish(raw), raw_tensor=raw, weights_tensor=rw.weights,
-                scores=freeze_array(rw.scores), skipped=freeze_array(rw.skipped),
-                forward_passes=rw.forward_passes)
-
-        return self._cached(("ablationcam", name, batch_size), compute)
+        return sorted({*super().__dir__(), *REGISTRY})
 
     # ------------------------------------------------------------------ contributions
-    @staticmethod
-    def _check_baseline(baseline: str) -> None:
-        if baseline not in ("black", "zeros"):
-            raise ValueError(f"baseline must be 'black' (black image in pixel space) or 'zeros' "
-                             f"(zeros in model-input space), got {baseline!r}.")
-
     def _masked_inputs(self, maps: torch.Tensor, baseline: str) -> torch.Tensor:
         """``x ⊙ L`` in the baseline's space: the pixel image for "black", the model input for "zeros".
 
@@ -528,7 +488,7 @@ class Explainer:
         logits = batch_logits(self._model, inputs.to(dtype=model_dtype(self._model)))
         return torch.softmax(logits.double(), dim=1)[:, self._target].float()
 
-    def _betas(self, maps: torch.Tensor, baseline: str) -> torch.Tensor:
+    def contributions(self, maps: torch.Tensor, baseline: str) -> torch.Tensor:
         """Raw contributions ``β(L) = Y_c(x ⊙ L) − Y_c(baseline)`` of maps ``(m, H, W)``: one forward.
 
         The baseline's probability is computed in the same batch the first time (its input
@@ -548,20 +508,16 @@ class Explainer:
                 return probs[1:]
         return _fusion.contributions(prob_fn, maps, float(self._cache[key]))
 
-    def _baseline_prob(self, baseline: str) -> float:
+    def baseline_probability(self, baseline: str) -> float:
+        """``Y_c(baseline)``: the target probability of the all-zero map's masked input (cached)."""
         key = ("baseline", baseline)
         if key not in self._cache:
             zero = torch.zeros((1, *self.size), device=self._device)
             self._cache[key] = float(self._probs_of(self._masked_inputs(zero, baseline))[0])
         return float(self._cache[key])
 
-    def _region(self, region: str, name: str) -> CAMResult:
-        if region == "scorecam":
-            return self.scorecam(layer=name)
-        return self.ablationcam(layer=name)
-
-    def _pair_betas(self, l_g: torch.Tensor, l_r: torch.Tensor, region: str, name: str,
-                    baseline: str) -> tuple[float, float]:
+    def pair_contributions(self, l_g: torch.Tensor, l_r: torch.Tensor, region: str, name: str,
+                           baseline: str) -> tuple[float, float]:
         """Raw ``β`` of a gradient map and of the (cached) region map in one forward pass.
 
         The first time ``[baseline, L_g, L_r]`` run as one batch; afterwards ``β_r`` and the
@@ -569,244 +525,10 @@ class Explainer:
         """
         rkey = ("beta-region", region, name, baseline)
         if rkey in self._cache:
-            return float(self._betas(l_g[None], baseline)[0]), float(self._cache[rkey])
-        b = self._betas(torch.stack([l_g, l_r]), baseline)
+            return float(self.contributions(l_g[None], baseline)[0]), float(self._cache[rkey])
+        b = self.contributions(torch.stack([l_g, l_r]), baseline)
         self._cache[rkey] = float(b[1])
         return float(b[0]), float(b[1])
-
-    # ------------------------------------------------------------------ UnionCAM
-    def unioncam(self, theta: float = 10, layer: LayerSpec | None = None,
-                 baseline: str = "black") -> UnionCAMResult:
-        """UnionCAM (003_*): denoise, union, select (eq. 1-8; SPEC §3).
-
-        Parameters
-        ----------
-        theta : float in [0, 100]
-            Per-channel percentile of the gradient ``W = g`` below which values are zeroed
-            (eq. 1); default 10.
-        layer : str, Module or None
-        baseline : {"black", "zeros"}
-            ``β(L) = Y_c(x ⊙ L) − Y_c(baseline)`` (eq. 4-5, 7) with ``Y = softmax(S)``: a black
-            image in pixel space (default, the paper's ``I_b``; the mask multiplies the
-            pixel image ``img``) or zeros in model-input space (the mask multiplies ``x``).
-
-        Returns
-        -------
-        UnionCAMResult
-            ``map``: ``L_De-Region`` (eq. 6) if ``β_De-Region > β_Region`` (eq. 8), else
-            ``L_Region``, normalised; every β, both input maps and ``choice``.
-
-        Notes
-        -----
-        ``L_Denoising`` (eq. 2-3) is computed at feature resolution, then normalised and
-        upsampled; ``L_Region`` is Score-CAM (variant "gradcam") at the same layer. A θ
-        change costs two single-image forwards (``β_Denoising``, then ``β_De-Region``).
-        """
-        theta = _check_range("theta", theta, 0, 100)
-        self._check_baseline(baseline)
-        name = self._layer(layer)
-
-        def compute() -> UnionCAMResult:
-            l_r = self._region("scorecam", name).map_tensor
-            raw_d = _fusion.unioncam_denoised_map(self._acts[name], self._grads[name], theta)
-            l_d = self._finish(raw_d)
-            beta_d, beta_r = self._pair_betas(l_d, l_r, "scorecam", name, baseline)
-            l_dr = _fusion.union_map(l_d, l_r, beta_d, beta_r)
-            beta_dr = float(self._betas(_ops.normalize(l_dr)[None], baseline)[0])
-            chosen, choice = _fusion.union_select(l_dr, l_r, beta_dr, beta_r)
-            return UnionCAMResult(
-                method="unioncam", layer=name, target=self._target,
-                params={"theta": theta, "layer": name, "baseline": baseline},
-                map_tensor=_ops.normalize(chosen), raw_tensor=chosen, weights_tensor=None,
-                gradient_map=freeze_array(l_d), region_map=freeze_array(l_r), union_map=freeze_array(l_dr),
-                beta_gradient=beta_d, beta_region=beta_r, beta_union=beta_dr,
-                baseline_probability=self._baseline_prob(baseline), choice=choice)
-
-        return self._cached(("unioncam", theta, name, baseline), compute)
-
-    # ------------------------------------------------------------------ Fusion-CAM
-    def fusioncam(self, theta: float = 10, gradient: str = "gradcam", region: str = "scorecam",
-                  layer: LayerSpec | None = None, baseline: str = "zeros") -> FusionCAMResult:
-        """Fusion-CAM (004_*; SPEC §4): denoise, contribution-weighted union, similarity fusion.
-
-        Parameters
-        ----------
-        theta : float in [0, 100]
-            Percentile of the normalised gradient map ``L_g`` below which it is set to 0
-            (default 10; the widget's slider spans 0-50).
-        gradient : {"gradcam", "gradcampp", "xgradcam", "layercam"}
-            The gradient map ``L_g``.
-        region : {"scorecam", "ablationcam"}
-            The region map ``L_r``.
-        layer : str, Module or None
-        baseline : {"zeros", "black"}
-            Contribution baseline: zeros in model-input space (default, what the official
-            code does; the mask multiplies ``x``) or a black image in pixel space.
-
-        Returns
-        -------
-        FusionCAMResult
-
-        Notes
-        -----
-        1. ``L_g`` = normalised gradient map, values below its θ-th percentile set to 0.
-        2. ``L_r`` = normalised region map.
-        3. ``β_g, β_r`` = contributions ``Y_c(x ⊙ L) − Y_c(baseline)``, clamped at 0 and
-           scaled to sum 1 (equal when both are 0); ``L_gr = normalise(β_g L_g + β_r L_r)``.
-        4. ``β_gr`` = contribution of ``L_gr``; ``(β_gr, β_r)`` clamped and rescaled, with
-           step 3's rescaled ``β_r`` (as the official code does; ``betas["region"]``);
-           ``L1 = β_gr L_gr``, ``L2 = β_r L_r``, ``sim = clip(1 − |L1 − L2|, 0, 1)``,
-           ``F = normalise(sim · max(L1, L2) + (1 − sim) · (L1 + L2) / 2)``.
-
-        Passes: ``[baseline, L_g, L_r]`` run as one batch, then ``L_gr`` (it depends on
-        ``β_g``), so a θ change costs exactly two single-image forwards.
-        """
-        theta = _check_range("theta", theta, 0, 100)
-        if gradient not in GRADIENT_METHODS:
-            raise ValueError(f"gradient must be one of {GRADIENT_METHODS}, got {gradient!r}.")
-        if region not in REGION_METHODS:
-            raise ValueError(f"region must be one of {REGION_METHODS}, got {region!r}.")
-        self._check_baseline(baseline)
-        name = self._layer(layer)
-
-        def compute() -> FusionCAMResult:
-            l_r = self._region(region, name).map_tensor
-            l_g = _fusion.denoise_map(self._gradient_result(gradient, name).map_tensor, theta)
-            beta_g_raw, beta_r_raw = self._pair_betas(l_g, l_r, region, name, baseline)
-            l_gr, beta_g, beta_r = _fusion.combine(l_g, l_r, beta_g_raw, beta_r_raw)
-            beta_gr_raw = float(self._betas(l_gr[None], baseline)[0])
-            # Step 4 rescales (β_gr, β_r) with step 3's rescaled β_r, as the official code does.
-            fused, sim, beta_gr, beta_r_final = _fusion.fuse(l_gr, l_r, beta_gr_raw, beta_r)
-            betas = {"gradient_raw": beta_g_raw, "region_raw": beta_r_raw, "combined_raw": beta_gr_raw,
-                     "gradient": beta_g, "region": beta_r, "combined": beta_gr, "region_final": beta_r_final}
-            return FusionCAMResult(
-                method="fusioncam", layer=name, target=self._target,
-                params={"theta": theta, "gradient": gradient, "region": region, "layer": name,
-                        "baseline": baseline},
-                map_tensor=fused, raw_tensor=fused, weights_tensor=None,
-                gradient_map=freeze_array(l_g), region_map=freeze_array(l_r), combined_map=freeze_array(l_gr),
-                similarity=freeze_array(sim), betas=betas,
-                baseline_probability=self._baseline_prob(baseline))
-
-        key = ("fusioncam", theta, gradient, region, name, baseline)
-        return self._cached(key, compute)
-
-    # ------------------------------------------------------------------ I-CAM
-    def _icam_perturbation_stage(self, alpha: float, n: int, seed: int) -> dict[str, Any]:
-        """Perturbed images, their probabilities and φ_{i,l} for every candidate layer.
-
-        One batched forward + backward of the ``n`` perturbed images (eq. 4) capturing
-        ``A`` and ``dS_c/dA`` at every candidate layer; the activations are reduced to
-        ``φ_{i,l}`` (``(L, n, H, W)``) and dropped.
-        """
-        def compute() -> dict[str, Any]:
-            pert = _icam.perturb(self._img, alpha, n, seed).to(self._device)
-            cap = capture(self._model, self._normalize(pert), list(self._candidates), self._target)
-            phi = torch.stack([_icam.layer_phi(cap.activations[ln], cap.gradients[ln], self.size)
-                               for ln in self._candidates])
-            probs = torch.softmax(cap.logits.double(), dim=1).float()
-            return {"perturbations": pert, "phi": phi, "probs": probs,
-                    "mds": _icam.mds(self._probs.float(), probs)}
-
-        key = ("icam-perturb", alpha, n, seed)
-        if key not in self._cache:
-            # φ is (L, n, H, W): keep the stages of the last few (alpha, n, seed) only.
-            stages = [k for k in self._cache if isinstance(k, tuple) and k[0] == "icam-perturb"]
-            for old in stages[: max(0, len(stages) - _ICAM_STAGES_KEPT + 1)]:
-                del self._cache[old]
-        return self._cached(key, compute)
-
-    def _icam_layer_map(self, name: str, bias: str) -> torch.Tensor:
-        def compute() -> torch.Tensor:
-            y = float(self._probs64[self._target])
-            s_c = float(self._logits[self._target])
-            raw = _icam.icam_layer_map(self._acts[name], self._grads[name], y, s_c, cast(_icam.Bias, bias))
-            # SPEC §5: upsampled, then normalised (in float64: the channel bias is a large offset).
-            return _ops.normalize(_ops.upsample(raw, self.size)).float().clamp(0.0, 1.0)
-
-        return self._cached(("icam-layer", name, bias), compute)
-
-    def icam(self, alpha: float = 0.4, threshold: float = 0.95, n: int = 8, bias: str = "channel",
-             seed: int = 0, sigma: float = 0.25) -> ICAMResult:
-        """Integrative CAM (000_*; SPEC §5): score every candidate layer, keep the best, fuse.
-
-        Parameters
-        ----------
-        alpha : float in [0, 1]
-            Perturbation strength (eq. 4): ``I'_i = clip((img + α N_i) ⊙ M_i, 0, 1)``,
-            ``N_i ~ N(0, 1)``, ``M_i ~ Bernoulli(1 − α)`` shared by the channels.
-        threshold : float in [0.5, 1]
-            ``T`` (eq. 11-14): keep the smallest prefix of layers sorted by ``S_l`` whose sum
-            reaches ``T · sum_l S_l``.
-        n : int >= 1
-            Number of perturbations.
-        bias : {"channel", "spatial", "none"}
-            Bias of the per-layer map (eq. 27 / eq. 28 / none).
-        seed : int
-            Seed of the perturbations: the same ``(alpha, n, seed)`` gives the same images.
-        sigma : float > 0
-            Width of SVIM (eq. 6): ``exp(−(SSIM − 0.5)² / (2 σ²))``.
-
-        Returns
-        -------
-        ICAMResult
-            ``map = normalise(sum_{l kept} W_l L_l)`` (eq. 21) and every intermediate.
-
-        Notes
-        -----
-        Costs: the perturbation stage (one batched forward + backward of the ``n`` images)
-        is cached per ``(alpha, n, seed)`` (the last four such stages are kept: each holds
-        ``φ`` of shape ``(L, n, H, W)``); ``threshold``, ``bias`` and ``sigma`` run no model
-        pass. Per-layer maps use the original image's captured ``A``, ``g = dS_c/dA``,
-        ``Y_c`` (float64) and ``S_c``; each raw map (float64, the channel bias is a large
-        offset) is upsampled, then normalised (SPEC §5), then cast to float32.
-        ``layer_phi`` is computed from the perturbed batch's ``A`` and ``dS_c/dA`` at every
-        candidate layer, which are then dropped (only ``φ`` is kept).
-        """
-        alpha = _check_range("alpha", alpha, 0, 1)
-        threshold = _check_range("threshold", threshold, 0, 1)
-        sigma = float(sigma)
-        if not sigma > 0:
-            raise ValueError(f"sigma must be positive, got {sigma!r}.")
-        if isinstance(n, bool) or not isinstance(n, numbers.Integral) or n < 1:
-            raise ValueError(f"n must be a positive integer (number of perturbations), got {n!r}.")
-        if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
-            raise ValueError(f"seed must be an integer, got {seed!r}.")
-        if bias not in ("channel", "spatial", "none"):
-            raise ValueError(f"bias must be 'channel', 'spatial' or 'none', got {bias!r}.")
-        n, seed = int(n), int(seed)
-
-        def compute() -> ICAMResult:
-            stage = self._icam_perturbation_stage(alpha, n, seed)
-
-            def scores() -> dict[str, Any]:
-                sv = _icam.svim(self._img, stage["perturbations"], sigma)
-                w = _icam.perturbation_weights(sv, stage["mds"])
-                s = self._cached(("icam-saliency",),
-                                 lambda: _icam.input_saliency(self._img, self._input_grad))
-                return {"svim": sv, "w": w, "s": s, "S": _icam.layer_scores(s, stage["phi"], w)}
-
-            sc = self._cached(("icam-scores", alpha, n, seed, sigma), scores)
-            kept_idx, weights = _icam.select_layers(sc["S"], threshold)
-            kept = [self._candidates[int(i)] for i in kept_idx]
-            maps = {ln: self._icam_layer_map(ln, bias) for ln in kept}
-            stack = torch.stack([maps[ln] for ln in kept])
-            raw = (weights.to(stack.dtype)[:, None, None] * stack).sum(0)
-            final = _icam.combine(stack, weights)
-            return ICAMResult(
-                method="icam", layer=tuple(kept), target=self._target,
-                params={"alpha": alpha, "threshold": threshold, "n": n, "bias": bias, "seed": seed,
-                        "sigma": sigma},
-                map_tensor=final, raw_tensor=raw, weights_tensor=None,
-                candidate_layers=self._candidates, layer_scores=freeze_array(sc["S"]),
-                kept_layers=tuple(kept), layer_weights=freeze_array(weights),
-                layer_maps={ln: freeze_array(m) for ln, m in maps.items()},
-                perturbations=freeze_array(stage["perturbations"]), svim=freeze_array(sc["svim"]),
-                mds=freeze_array(stage["mds"]), perturbation_weights=freeze_array(sc["w"]),
-                input_saliency=freeze_array(sc["s"]))
-
-        key = ("icam", alpha, threshold, n, bias, seed, sigma)
-        return self._cached(key, compute)
 
 
 def _has_any_conv(model: nn.Module) -> bool:
@@ -858,10 +580,9 @@ def explain_batch(model: nn.Module, images: Any, method: str = "gradcam",
         if len(tlist) != len(items):
             raise ValueError(f"Got {len(tlist)} targets for {len(items)} images; pass one per image, "
                              "a single int, or None.")
-    if not hasattr(Explainer, method) or method.startswith("_") or not callable(getattr(Explainer, method)):
-        known = ", ".join(GRADIENT_METHODS + REGION_METHODS)
-        raise ValueError(f"Unknown method {method!r}; use one of {known}, "
-                         "icam, unioncam or fusioncam.")
+    from .methods import get
+
+    get(method).resolve(params)  # unknown method or parameter: an error before any image is explained
     out = []
     for item, t in zip(items, tlist, strict=True):
         exp = Explainer(model, item, target=t, layers=layers, preprocess=preprocess)

@@ -1,0 +1,90 @@
+"""The multi-layer family: Integrative CAM (I-CAM) scores every candidate layer, keeps the best, fuses.
+
+Stages cached by the explainer: the perturbation stage per ``(alpha, n, seed)`` (one
+batched forward + backward of the ``n`` perturbed images, reduced to ``φ_{i,l}``), the
+layer scores per ``(alpha, n, seed, sigma)``, and the per-layer maps per ``(layer, bias)``;
+``threshold`` (T), ``bias`` and ``sigma`` run no model pass.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, cast
+
+import torch
+
+from .. import _ops
+from .. import icam as _icam
+from .._hooks import capture
+from ..results import ICAMResult, freeze_array
+
+if TYPE_CHECKING:
+    from ..explainer import Explainer
+
+__all__ = ["icam"]
+
+#: Perturbation stages (one per (alpha, n, seed)) an explainer keeps; older ones are recomputed.
+PERTURBATION_STAGES_KEPT = 4
+
+
+def _perturbation_stage(exp: Explainer, alpha: float, n: int, seed: int) -> dict[str, Any]:
+    """Perturbed images, their probabilities and φ_{i,l} for every candidate layer.
+
+    One batched forward + backward of the ``n`` perturbed images (eq. 4) capturing ``A``
+    and ``dS_c/dA`` at every candidate layer; the activations are reduced to ``φ_{i,l}``
+    (``(L, n, H, W)``) and dropped. Only the last :data:`PERTURBATION_STAGES_KEPT` stages
+    are kept (each holds ``φ``).
+    """
+    cands = list(exp.candidate_layers)
+
+    def compute() -> dict[str, Any]:
+        pert = _icam.perturb(exp.image_tensor, alpha, n, seed).to(exp.device)
+        cap = capture(exp.model, exp.normalize(pert), cands, exp.target)
+        phi = torch.stack([_icam.layer_phi(cap.activations[ln], cap.gradients[ln], exp.size) for ln in cands])
+        probs = torch.softmax(cap.logits.double(), dim=1).float()
+        return {"perturbations": pert, "phi": phi, "probs": probs,
+                "mds": _icam.mds(exp.probabilities_tensor.float(), probs)}
+
+    return exp.stage(("icam-perturb", alpha, n, seed), compute, keep=PERTURBATION_STAGES_KEPT)
+
+
+def _layer_map(exp: Explainer, name: str, bias: str) -> torch.Tensor:
+    def compute() -> torch.Tensor:
+        y = float(exp.probabilities_tensor64[exp.target])
+        s_c = float(exp.logits_tensor[exp.target])
+        raw = _icam.icam_layer_map(exp.activation(name), exp.gradient(name), y, s_c, cast(_icam.Bias, bias))
+        # Upsampled, then normalised (in float64: the channel bias is a large offset).
+        return _ops.normalize(_ops.upsample(raw, exp.size)).float().clamp(0.0, 1.0)
+
+    return exp.stage(("icam-layer", name, bias), compute)
+
+
+def icam(exp: Explainer, *, alpha: float, threshold: float, n: int, bias: str, seed: int,
+         sigma: float) -> ICAMResult:
+    """I-CAM: ``map = normalise(sum_{l kept} W_l L_l)`` (eq. 21) and every intermediate."""
+    stage = _perturbation_stage(exp, alpha, n, seed)
+
+    def scores() -> dict[str, Any]:
+        img = exp.image_tensor
+        sv = _icam.svim(img, stage["perturbations"], sigma)
+        w = _icam.perturbation_weights(sv, stage["mds"])
+        s = exp.stage(("icam-saliency",), lambda: _icam.input_saliency(img, exp.input_gradient()))
+        return {"svim": sv, "w": w, "s": s, "S": _icam.layer_scores(s, stage["phi"], w)}
+
+    sc = exp.stage(("icam-scores", alpha, n, seed, sigma), scores)
+    kept_idx, weights = _icam.select_layers(sc["S"], threshold)
+    cands = exp.candidate_layers
+    kept = [cands[int(i)] for i in kept_idx]
+    maps = {ln: _layer_map(exp, ln, bias) for ln in kept}
+    stack = torch.stack([maps[ln] for ln in kept])
+    raw = (weights.to(stack.dtype)[:, None, None] * stack).sum(0)
+    final = _icam.combine(stack, weights)
+    return ICAMResult(
+        method="icam", layer=tuple(kept), target=exp.target,
+        params={"alpha": alpha, "threshold": threshold, "n": n, "bias": bias, "seed": seed, "sigma": sigma},
+        map_tensor=final, raw_tensor=raw, weights_tensor=None,
+        candidate_layers=cands, layer_scores=freeze_array(sc["S"]),
+        kept_layers=tuple(kept), layer_weights=freeze_array(weights),
+        layer_maps={ln: freeze_array(m) for ln, m in maps.items()},
+        perturbations=freeze_array(stage["perturbations"]), svim=freeze_array(sc["svim"]),
+        mds=freeze_array(stage["mds"]), perturbation_weights=freeze_array(sc["w"]),
+        input_saliency=freeze_array(sc["s"]))
