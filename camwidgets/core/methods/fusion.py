@@ -12,6 +12,8 @@ from typing import TYPE_CHECKING
 from .. import _ops
 from .. import fusion as _fusion
 from ..results import FusionCAMResult, UnionCAMResult, freeze_array
+from ._params import LAYER, THETA, baseline, family_choice
+from ._spec import Method
 
 if TYPE_CHECKING:
     from ..explainer import Explainer
@@ -55,3 +57,43 @@ def fusioncam(exp: Explainer, *, theta: float, gradient: str, region: str, layer
         map_tensor=fused, raw_tensor=fused, weights_tensor=None,
         gradient_map=freeze_array(l_g), region_map=freeze_array(l_r), combined_map=freeze_array(l_gr),
         similarity=freeze_array(sim), betas=betas, baseline_probability=exp.baseline_probability(baseline))
+
+
+#: This module's registry entries (gathered by :mod:`camwidgets.core.methods`).
+ENTRIES: tuple[Method, ...] = (
+    Method(        name="unioncam", label="UnionCAM", family="fusion",
+        params=(THETA, LAYER, baseline("black"), family_choice("region", "region", "scorecam")),
+        compute=unioncam,
+        summary="denoised gradient map united with a region map by their contributions, then the better kept.",
+        formula="L_D = sum_k α_k ReLU(W_k) A_k (W = g below its θ-th percentile zeroed);  "
+                "L_DR = β_D L_D + β_R L_R;  pick L_DR if β(L_DR) > β_R else L_R",
+        reference="Hu et al., 'UnionCAM: enhancing CNN interpretability through denoising, weighted "
+                  "fusion, and selective high-quality class activation mapping', Frontiers in "
+                  "Neurorobotics 2024, eq. 1-8.",
+        implementation="the paper's equations (no public code); the region map is the chosen region method.",
+        needs_gradients=True,
+        stage="the region map and its β are cached per (region, layer, baseline); θ re-runs two single-image "
+              "forwards (β of the denoised map, then of the union).",
+        notes="β_D and β_R are clamped at 0 before the union (equal weights when both are 0), as Fusion-CAM "
+              "does; without it a class with negative contributions gets an inverted map.",
+        in_evaluate=True),
+    Method(        name="fusioncam", label="Fusion-CAM", family="fusion",
+        params=(THETA,
+                family_choice("gradient", "gradient", "gradcam"),
+                family_choice("region", "region", "scorecam"), LAYER, baseline("zeros")),
+        compute=fusioncam,
+        summary="denoised gradient map and region map, weighted by their contributions, fused pixel by pixel "
+                "by their similarity.",
+        formula="L_gr = normalise(β_g L_g + β_r L_r);  L1 = β_gr L_gr, L2 = β_r L_r;  sim = clip(1 − |L1 − L2|);  "
+                "F = normalise(sim·max(L1, L2) + (1 − sim)(L1 + L2)/2)",
+        reference="Dekdegue et al., 'Fusion-CAM: Integrating Gradient and Region-Based Class Activation Maps "
+                  "for Robust Visual Explanations', 2026, arXiv:2603.05386; official code "
+                  "github.com/codeforpaper64/Fusion-CAM.",
+        implementation="the official Fusion-CAM code, given the same L_g and L_r: equal to 1e-6.",
+        needs_gradients=True,
+        stage="the region map and its β are cached per (region, layer, baseline); θ re-runs two single-image "
+              "forwards ([L_g] then [L_gr]).",
+        notes="β clamped at 0 and rescaled to sum 1 (equal when both are 0); step 4 rescales (β_gr, β_r) with "
+              "step 3's rescaled β_r, as the official code does.",
+        in_explorer=True, in_evaluate=True),
+)

@@ -15,6 +15,8 @@ import torch
 
 from .. import gradient as _g
 from ..results import CAMResult
+from ._params import LAYER, PGC
+from ._spec import Method
 
 if TYPE_CHECKING:
     from ..explainer import Explainer
@@ -53,3 +55,42 @@ def layercam(exp: Explainer, *, layer: str) -> CAMResult:
     raw = torch.relu(_g.layercam_map(a, g))
     return CAMResult(method="layercam", layer=layer, target=exp.target, params={"layer": layer},
                      map_tensor=exp.finish(raw), raw_tensor=raw, weights_tensor=None)
+
+
+#: This module's registry entries (gathered by :mod:`camwidgets.core.methods`).
+ENTRIES: tuple[Method, ...] = (
+    Method(        name="gradcam", label="Grad-CAM", family="gradient", params=(LAYER,), compute=gradcam,
+        summary="channel weights are the spatial mean of the class score's gradient.",
+        formula="w_k = mean_ij dS_c/dA_k;  L = ReLU(sum_k w_k A_k)",
+        reference="Selvaraju et al., 'Grad-CAM: Visual Explanations from Deep Networks via Gradient-based "
+                  "Localization', ICCV 2017, arXiv:1610.02391, eq. 1-2.",
+        implementation=f"{PGC} GradCAM; max abs difference <= 1e-4 after normalisation.",
+        needs_gradients=True, stage="the explainer's capture (no model pass after construction).",
+        in_explorer=True, in_evaluate=True),
+    Method(        name="gradcampp", label="Grad-CAM++", family="gradient", params=(LAYER,), compute=gradcampp,
+        summary="pixel-weighted positive gradients, in the closed form of the exponential-score derivation.",
+        formula="α = g² / (2 g² + sum_ij A g³ + 1e-6) (0 where g = 0);  w_k = sum_ij α ReLU(g);  "
+                "L = ReLU(sum_k w_k A_k)",
+        reference="Chattopadhay et al., 'Grad-CAM++: Improved Visual Explanations for Deep Convolutional "
+                  "Networks', WACV 2018, arXiv:1710.11063, eq. 19.",
+        implementation=f"{PGC} GradCAMPlusPlus; max abs difference <= 1e-4 after normalisation.",
+        needs_gradients=True, stage="the explainer's capture (no model pass after construction).",
+        notes="The 1e-6 in the denominator is pytorch-grad-cam's and is kept: gradients are often ~1e-4, so it "
+              "is not negligible. torchcam's GradCAMpp reduces to α = g² and differs.",
+        in_evaluate=True),
+    Method(        name="xgradcam", label="XGrad-CAM", family="gradient", params=(LAYER,), compute=xgradcam,
+        summary="gradient weights normalised by the activation's sum (axiom-based).",
+        formula="w_k = sum_ij (A_k g_k) / (sum_ij A_k + 1e-7);  L = ReLU(sum_k w_k A_k)",
+        reference="Fu et al., 'Axiom-based Grad-CAM: Towards Accurate Visualization and Explanation of "
+                  "CNNs', BMVC 2020, arXiv:2008.02312, eq. 14.",
+        implementation=f"{PGC} XGradCAM; max abs difference <= 1e-4 after normalisation.",
+        needs_gradients=True, stage="the explainer's capture (no model pass after construction)."),
+    Method(        name="layercam", label="LayerCAM", family="gradient", params=(LAYER,), compute=layercam,
+        summary="each position weighted by its own positive gradient.",
+        formula="L = ReLU(sum_k ReLU(g_k) ⊙ A_k)",
+        reference="Jiang et al., 'LayerCAM: Exploring Hierarchical Class Activation Maps for Localization', "
+                  "IEEE TIP 2021, eq. 5-6.",
+        implementation=f"{PGC} LayerCAM; max abs difference <= 1e-4 after normalisation.",
+        needs_gradients=True, stage="the explainer's capture (no model pass after construction).",
+        in_explorer=True, in_evaluate=True),
+)

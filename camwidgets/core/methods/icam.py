@@ -16,6 +16,7 @@ from .. import _ops
 from .. import icam as _icam
 from .._hooks import capture
 from ..results import ICAMResult, freeze_array
+from ._spec import Method, Param
 
 if TYPE_CHECKING:
     from ..explainer import Explainer
@@ -88,3 +89,29 @@ def icam(exp: Explainer, *, alpha: float, threshold: float, n: int, bias: str, s
         perturbations=freeze_array(stage["perturbations"]), svim=freeze_array(sc["svim"]),
         mds=freeze_array(stage["mds"]), perturbation_weights=freeze_array(sc["w"]),
         input_saliency=freeze_array(sc["s"]))
+
+
+#: This module's registry entries (gathered by :mod:`camwidgets.core.methods`).
+ENTRIES: tuple[Method, ...] = (
+    Method(        name="icam", label="I-CAM", family="multi-layer",
+        params=(Param("alpha", "float", 0.4, low=0, high=1, step=0.05,
+                      help="α: perturbation strength (Gaussian noise scale and pixel drop probability)."),
+                Param("threshold", "float", 0.95, low=0.5, high=1, step=0.01,
+                      help="T: keep the best layers until their scores reach T of the total."),
+                Param("n", "int", 8, low=1, high=64, step=1, help="Number of perturbations."),
+                Param("bias", "choice", "channel", choices=("channel", "spatial", "none"),
+                      help="Per-layer bias: channel (eq. 27), spatial (eq. 28) or none."),
+                Param("seed", "int", 0, help="Seed of the perturbations.", control=False),
+                Param("sigma", "float", 0.25, low=0, exclusive_low=True, step=0.05,
+                      help="σ: width of the SSIM-based visual similarity (SVIM, eq. 6).", control=False)),
+        compute=icam,
+        summary="every candidate layer scored by how its evidence matches the input saliency under "
+                "perturbations; the best layers' maps fused by their scores.",
+        formula="S_l = sum_i w_i ||s − φ_{i,l}||;  keep the top layers until T;  I-CAM = normalise(sum_l W_l L_l)",
+        reference="Singh et al., 'Integrative CAM: Adaptive Layer Fusion for Comprehensive Interpretation of "
+                  "CNNs', 2024, arXiv:2412.01354, eq. 3-31.",
+        implementation="the paper's equations (no public code); the closed-form α is checked against autograd.",
+        needs_gradients=True,
+        stage="perturbations per (α, n, seed): one batched forward + backward; T, bias and σ run no model pass.",
+        in_explorer=True, in_evaluate=True),
+)

@@ -12,6 +12,8 @@ from typing import TYPE_CHECKING, Any
 
 from ..region import ablationcam_weights, region_map, scorecam_weights
 from ..results import RegionCAMResult, freeze_array
+from ._params import BATCH_SIZE, LAYER, PGC, baseline
+from ._spec import Method, Param
 
 if TYPE_CHECKING:
     from ..explainer import Explainer
@@ -50,3 +52,35 @@ def ablationcam(exp: Explainer, *, layer: str, batch_size: int) -> RegionCAMResu
         method="ablationcam", layer=layer, target=exp.target, params={"layer": layer, "batch_size": batch_size},
         map_tensor=exp.finish(raw), raw_tensor=raw, weights_tensor=rw.weights,
         scores=freeze_array(rw.scores), skipped=freeze_array(rw.skipped), forward_passes=rw.forward_passes)
+
+
+#: This module's registry entries (gathered by :mod:`camwidgets.core.methods`).
+ENTRIES: tuple[Method, ...] = (
+    Method(        name="scorecam", label="Score-CAM", family="region",
+        params=(LAYER, BATCH_SIZE,
+                Param("variant", "choice", "gradcam", choices=("gradcam", "paper"),
+                      help="'gradcam': w = softmax_k S_c(x ⊙ m_k) (pytorch-grad-cam); 'paper': "
+                           "w_k = Y_c(x ⊙ m_k) − Y_c(baseline)."),
+                baseline("zeros")),
+        compute=scorecam,
+        summary="each channel, upsampled and min-max normalised, masks the input; its score weighs it.",
+        formula="m_k = normalise(up(A_k));  w = softmax_k S_c(x ⊙ m_k);  L = ReLU(sum_k w_k A_k)",
+        reference="Wang et al., 'Score-CAM: Score-Weighted Visual Explanations for Convolutional Neural "
+                  "Networks', CVPR-W 2020, arXiv:1910.01279, eq. 5-8.",
+        implementation=f"{PGC} ScoreCAM (variant 'gradcam'); max abs difference <= 1e-4 after normalisation.",
+        needs_gradients=False,
+        stage="per (layer, variant, baseline): one forward pass per batch of masked inputs; channels with an "
+              "all-zero activation are not run (their mask is all zero: the score of a zero input, exact).",
+        notes="Masks are upsampled with align_corners=True, as pytorch-grad-cam does.",
+        in_evaluate=True),
+    Method(        name="ablationcam", label="Ablation-CAM", family="region", params=(LAYER, BATCH_SIZE),
+        compute=ablationcam,
+        summary="each channel is ablated in turn; the drop of the class score weighs it.",
+        formula="w_k = (y − y_k) / y on the logit, channel k set to 0;  L = ReLU(sum_k w_k A_k)",
+        reference="Desai & Ramaswamy, 'Ablation-CAM: Visual Explanations for Deep Convolutional Network via "
+                  "Gradient-free Localization', WACV 2020, eq. 3.",
+        implementation=f"{PGC} AblationCAM; max abs difference <= 1e-4 after normalisation.",
+        needs_gradients=False,
+        stage="per layer: the rest of the network after the layer runs once per batch of ablated feature maps.",
+        notes="A layer with negative activations is ablated to min(A) − 1e7, as the reference does."),
+)
