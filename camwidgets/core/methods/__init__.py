@@ -17,10 +17,14 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
+from . import activation as _activation
+from . import fast_region as _fast_region
 from . import fusion as _fusion
 from . import gradient as _gradient
 from . import icam as _icam
+from . import perturbation as _perturbation
 from . import region as _region
+from . import smoothed as _smoothed
 from ._spec import FAMILIES, Family, Method, Param, ParamKind
 
 __all__ = ["FAMILIES", "REGISTRY", "Family", "Method", "Param", "ParamKind", "get", "methods", "names"]
@@ -49,7 +53,10 @@ def get(name: str) -> Method:
 # ----------------------------------------------------------------------------------------
 # The registry: each family module declares its entries beside their compute functions.
 # ----------------------------------------------------------------------------------------
-_ENTRIES: tuple[Method, ...] = (*_gradient.ENTRIES, *_region.ENTRIES, *_fusion.ENTRIES, *_icam.ENTRIES)
+_ENTRIES: tuple[Method, ...] = (
+    *_gradient.ENTRIES, *_activation.ENTRIES, *_region.ENTRIES, *_fast_region.ENTRIES, *_smoothed.ENTRIES,
+    *_fusion.ENTRIES, *_icam.ENTRIES, *_perturbation.ENTRIES,
+)
 
 #: Every registered method by name, in the order the docs and the explorer list them.
 REGISTRY: Mapping[str, Method] = {m.name: m for m in _ENTRIES}
