@@ -32,13 +32,25 @@ def _check_pixels(h: int, w: int, what: str) -> None:
         )
 
 
+# Formats whose PIL mode "I" images hold 16-bit samples in [0, 65535]: Pillow decodes
+# 16-bit PGM/PPM (any maxval over 255) into mode "I" rescaled to that range, and older
+# Pillow releases opened 16-bit grey PNGs as mode "I" too (newer ones use "I;16").
+_SIXTEEN_BIT_I_FORMATS = ("PPM", "PNG")
+
+
 def _from_pil(img: Image.Image) -> torch.Tensor:
     _check_pixels(img.height, img.width, "The image")
-    if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
-        arr = np.asarray(img, dtype=np.float64)
-        top = 65535.0 if img.mode.startswith("I;16") or arr.max() > 255 else 255.0
-        arr = np.clip(arr / top, 0, 1).astype(np.float32)
-        return torch.from_numpy(np.repeat(arr[None], 3, axis=0).copy())
+    if img.mode.startswith("I;16"):
+        return _from_numpy(np.asarray(img), "The 16-bit image")
+    if img.mode == "I":
+        if img.format in _SIXTEEN_BIT_I_FORMATS:
+            arr = np.clip(np.asarray(img), 0, 65535).astype(np.uint16)
+            return _from_numpy(arr, f"The 16-bit {img.format} image")
+        raise ValueError(
+            "The image has PIL mode 'I' (32-bit integers), whose range camwidgets cannot know. "
+            "Convert it yourself: to uint8 (np.uint8 values 0..255), to uint16 (0..65535) or to a "
+            "float array in [0, 1]."
+        )
     if img.mode == "F":
         arr = np.asarray(img, dtype=np.float32)
         return _from_numpy(arr, "The image")
@@ -51,18 +63,69 @@ def _from_pil(img: Image.Image) -> torch.Tensor:
     return torch.from_numpy(rgb.transpose(2, 0, 1).copy())
 
 
-def _from_numpy(arr: np.ndarray, what: str, channels_first: bool = False) -> torch.Tensor:
+# How far outside [0, 1] a float image may stray and still be clipped: resizing and colour
+# conversions overshoot by a few 1e-4 at most; anything further is a different convention.
+FLOAT_TOLERANCE = 1e-3
+
+
+def _check_one(shape: tuple[int, ...], what: str) -> None:
+    """A 4-D input must be a batch of one image: ``(1, C, H, W)`` (or ``(1, H, W, C)``)."""
+    if len(shape) == 4 and shape[0] != 1:
+        raise ValueError(
+            f"{what} has shape {shape}: a batch of {shape[0]} images, but one image is expected. "
+            "Pass one image (e.g. images[0]); to explain a batch, call camwidgets.core.explain_batch."
+        )
+
+
+def _to_unit_float(arr: np.ndarray, what: str, dtype_name: str) -> np.ndarray:
+    """The pixel values as float32 in [0, 1], by the dtype's rule (see docs/input.md)."""
+    if arr.dtype == np.uint8:
+        return arr.astype(np.float32) / np.float32(255.0)
+    if arr.dtype.kind == "u" and arr.dtype.itemsize == 2:
+        return arr.astype(np.float32) / np.float32(65535.0)
+    if np.issubdtype(arr.dtype, np.integer):
+        raise ValueError(
+            f"{what} has dtype {dtype_name} (values {int(arr.min())}..{int(arr.max())}), "
+            "whose range camwidgets cannot know: "
+            "only uint8 (scaled by 1/255) and uint16 (by 1/65535) are read as pixel values. "
+            "Convert it: to uint8 if it holds 0..255 values (arr.astype(np.uint8), tensor.to(torch.uint8)), "
+            "or to a float array in [0, 1]."
+        )
+    out = arr.astype(np.float32)
+    if not np.isfinite(out).all():
+        raise ValueError(f"{what} contains NaN or infinite values.")
+    lo, hi = float(out.min()), float(out.max())
+    # The bounds in float32, so that e.g. 1.001 written in the array is inside.
+    if lo < float(np.float32(-FLOAT_TOLERANCE)) or hi > float(np.float32(1.0 + FLOAT_TOLERANCE)):
+        raise ValueError(
+            f"{what} has float values in [{lo:.6g}, {hi:.6g}]; float images must lie in [0, 1] "
+            f"(up to {FLOAT_TOLERANCE:g} outside is clipped). If it holds 0..255 values, divide by 255 "
+            "yourself, or pass uint8. If it is normalised for a model, undo the normalisation first."
+        )
+    if lo < 0.0 or hi > 1.0:
+        out = np.clip(out, 0.0, 1.0)
+    return out
+
+
+def _from_numpy(arr: np.ndarray, what: str, channels_first: bool = False,
+                dtype_name: str | None = None) -> torch.Tensor:
     if arr.size == 0:
         raise ValueError(f"{what} is empty (shape {arr.shape}); pass an image with at least one pixel.")
     if arr.dtype == bool:
         arr = arr.astype(np.float32)
     if not (np.issubdtype(arr.dtype, np.integer) or np.issubdtype(arr.dtype, np.floating)):
-        raise ValueError(f"{what} has dtype {arr.dtype}; pass a numeric array.")
+        raise ValueError(f"{what} has dtype {dtype_name or arr.dtype}; pass a numeric array.")
+    if arr.ndim == 4:
+        _check_one(arr.shape, what)
+        arr = arr[0]
+        # A 4-D array is (1, C, H, W) like a model's input; (1, H, W, C) when only that fits.
+        channels_first = True
     if arr.ndim == 2:
         arr = arr[:, :, None]
     if arr.ndim != 3:
         raise ValueError(
-            f"{what} has shape {arr.shape}; expected (H, W), (H, W, C) or (C, H, W) with C in 1, 3, 4."
+            f"{what} has shape {arr.shape}; expected (H, W), (H, W, C), (C, H, W) or (1, C, H, W) "
+            "with C in 1, 3, 4."
         )
     # Tensors are read channels-first (torch's convention) when the first axis can be channels;
     # arrays are read channels-last (PIL / scikit-image's) unless only the first axis can be.
@@ -72,22 +135,7 @@ def _from_numpy(arr: np.ndarray, what: str, channels_first: bool = False) -> tor
     if arr.shape[-1] not in (1, 3, 4):
         raise ValueError(f"{what} has shape {arr.shape}; the channel axis must have 1, 3 or 4 entries.")
     _check_pixels(arr.shape[0], arr.shape[1], what)
-    if np.issubdtype(arr.dtype, np.integer):
-        top = 65535.0 if arr.dtype.itemsize >= 2 and arr.max() > 255 else 255.0
-        out = arr.astype(np.float32) / top
-    else:
-        out = arr.astype(np.float32)
-        if not np.isfinite(out).all():
-            raise ValueError(f"{what} contains NaN or infinite values.")
-        lo, hi = float(out.min()), float(out.max())
-        if lo < 0.0 or hi > 1.0:
-            if lo >= 0.0 and hi <= 255.0:
-                out = out / 255.0
-            else:
-                raise ValueError(
-                    f"{what} has float values in [{lo:.3g}, {hi:.3g}]; expected [0, 1] (or [0, 255]). "
-                    "If it is normalised for a model, undo the normalisation first."
-                )
+    out = _to_unit_float(arr, what, dtype_name or str(arr.dtype))
     if out.shape[-1] == 1:
         out = np.repeat(out, 3, axis=-1)
     elif out.shape[-1] == 4:
@@ -129,20 +177,24 @@ def load_image(src: ImageLike, size: int | tuple[int, int] | None = None) -> tor
     Parameters
     ----------
     src : path, bytes, PIL image, numpy array or tensor
-        Files and bytes are read with PIL. Arrays may be ``(H, W)``, ``(H, W, C)`` or
-        ``(C, H, W)`` with 1, 3 or 4 channels (numpy arrays are read channels-last and
-        tensors channels-first when the shape allows both); integer arrays are scaled by 255 (or
-        65535 for 16-bit data), float arrays must lie in ``[0, 1]`` (``[0, 255]`` is
-        accepted and scaled). Grey, palette, 16-bit and RGBA images become RGB;
-        transparency is composited over white.
+        Files and bytes are read with PIL. Arrays may be ``(H, W)``, ``(H, W, C)``,
+        ``(C, H, W)`` or a batch of one ``(1, C, H, W)``, with 1, 3 or 4 channels (3-D numpy
+        arrays are read channels-last and tensors channels-first when the shape allows both).
+        Pixel values follow the dtype: uint8 is divided by 255, uint16 (and 16-bit files) by
+        65535, bool is 0/1, floats must already lie in ``[0, 1]`` (values at most ``1e-3``
+        outside are clipped). Other integer dtypes (int8 ... int64, uint32, uint64, PIL mode
+        ``"I"``) are refused, as their range is unknown. Grey, palette, 16-bit and RGBA
+        images become RGB; transparency is composited over white. docs/input.md has the
+        whole contract.
     size : int or (H, W), optional
         Resize (bilinear, antialiased) to a square of this side, or to ``(H, W)``.
 
     Raises
     ------
     ValueError
-        For a file that is not an image (or does not exist), an empty array, an array
-        of the wrong shape or range, or an image over PIL's decompression-bomb limit
+        For a file that is not an image (or does not exist), an empty array, a batch of
+        several images, an array of the wrong shape, dtype or range (a float image outside
+        ``[0, 1]``, NaN), or an image over PIL's decompression-bomb limit
         (``PIL.Image.MAX_IMAGE_PIXELS``). The message says what to do.
 
     Examples
@@ -152,10 +204,11 @@ def load_image(src: ImageLike, size: int | tuple[int, int] | None = None) -> tor
     """
     if isinstance(src, torch.Tensor):
         t = src.detach().cpu()
-        if t.dim() == 4 and t.shape[0] == 1:
+        _check_one(tuple(t.shape), "The tensor")
+        if t.dim() == 4:
             t = t[0]
         arr = t.float().numpy() if t.is_floating_point() else t.numpy()
-        out = _from_numpy(arr, "The tensor", channels_first=t.dim() == 3)
+        out = _from_numpy(arr, "The tensor", channels_first=t.dim() == 3, dtype_name=str(t.dtype))
     elif isinstance(src, np.ndarray):
         out = _from_numpy(src, "The array")
     elif isinstance(src, Image.Image):
