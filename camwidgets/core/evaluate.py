@@ -28,6 +28,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from . import methods as _methods
+from . import metric_registry as _metric_registry
 from . import metrics as M
 from .image import load_image
 from .preprocess import Preprocess
@@ -35,27 +37,12 @@ from .preprocess import Preprocess
 __all__ = ["DEFAULT_METHODS", "DEFAULT_METRICS", "METRIC_COLUMNS", "EvaluationResult", "LocalExecutor",
            "evaluate", "summarize", "t_quantile_975"]
 
-#: Methods evaluated by default (names of :class:`camwidgets.Explainer` methods).
-DEFAULT_METHODS: tuple[str, ...] = ("gradcam", "gradcampp", "layercam", "scorecam", "unioncam",
-                                    "fusioncam", "icam")
-#: Metrics evaluated by default: every one of SPEC §6.
-DEFAULT_METRICS: tuple[str, ...] = ("average_drop", "increase_in_confidence", "insertion", "deletion",
-                                    "over_all", "adcc", "energy_pointing_game", "pointing_game",
-                                    "saliency_score", "localisation")
-#: Row columns each metric name produces.
-METRIC_COLUMNS: Mapping[str, tuple[str, ...]] = {
-    "average_drop": ("average_drop",),
-    "increase_in_confidence": ("increase_in_confidence",),
-    "insertion": ("insertion",),
-    "deletion": ("deletion",),
-    "over_all": ("over_all",),
-    "adcc": ("adcc", "coherency", "complexity"),
-    "energy_pointing_game": ("energy_pointing_game",),
-    "pointing_game": ("pointing_game",),
-    "saliency_score": ("saliency_score",),
-    "localisation": ("iou", "precision", "recall", "f1", "box_iou"),
-}
-_GROUND_TRUTH_METRICS = {"energy_pointing_game", "pointing_game", "saliency_score", "localisation"}
+#: Methods evaluated by default: the registry's entries marked ``in_evaluate``.
+DEFAULT_METHODS: tuple[str, ...] = tuple(m.name for m in _methods.methods() if m.in_evaluate)
+#: Metrics evaluated by default: every registered metric.
+DEFAULT_METRICS: tuple[str, ...] = tuple(_metric_registry.METRICS)
+#: Row columns each metric name produces (from the metric registry).
+METRIC_COLUMNS: Mapping[str, tuple[str, ...]] = {m.name: m.column_names for m in _metric_registry.list_metrics()}
 _META_COLUMNS = ("index", "method", "label", "target", "predicted", "probability", "seconds",
                  "metric_seconds")
 _SUMMARY_SKIP = {"index", "method", "label", "target", "predicted"}
@@ -429,7 +416,15 @@ def _check_config(old: Mapping[str, Any], new: Mapping[str, Any], config_path: P
 # ----------------------------------------------------------------------------------------
 # evaluate
 # ----------------------------------------------------------------------------------------
-def _method_specs(methods: Sequence[str] | Mapping[str, Mapping[str, Any]]) -> dict[str, dict[str, Any]]:
+def _method_specs(methods: Sequence[str] | Mapping[str, Mapping[str, Any]],
+                  registered: bool = True) -> dict[str, dict[str, Any]]:
+    """``{row name: {"method": method name, "params": {...}}}``.
+
+    With ``registered`` (the default explainer), an unknown method, an unknown parameter or a
+    value out of range raises a ValueError before any image is loaded (the registry's
+    :meth:`~camwidgets.core.methods.Method.resolve`); a custom explainer factory's method
+    names are its own business.
+    """
     if isinstance(methods, str):
         methods = [methods]
     specs: dict[str, dict[str, Any]] = {}
@@ -440,10 +435,18 @@ def _method_specs(methods: Sequence[str] | Mapping[str, Mapping[str, Any]]) -> d
     else:
         for name in methods:
             if not isinstance(name, str):
-                raise ValueError(f"methods must be names of Explainer methods, got {name!r}.")
+                raise ValueError(f"methods must be names of registered methods (camwidgets.methods()), got {name!r}.")
             specs[name] = {"method": name, "params": {}}
     if not specs:
-        raise ValueError("methods is empty; name at least one Explainer method, e.g. 'gradcam'.")
+        raise ValueError("methods is empty; name at least one method, e.g. 'gradcam' "
+                         "(camwidgets.methods() lists them).")
+    for name, spec in specs.items():
+        if not registered:
+            break
+        try:
+            _methods.get(spec["method"]).resolve(spec["params"])
+        except ValueError as err:
+            raise ValueError(f"methods[{name!r}]: {err}") from None
     return specs
 
 
@@ -501,16 +504,14 @@ def evaluate(
         indexing, e.g. :class:`camwidgets.datasets.Shapes`) is indexed lazily, so a resumed
         run does not even load the finished items. Row ``index`` is the item's position.
     methods : sequence of str or mapping, default :data:`DEFAULT_METHODS`
-        Explainer method names (``"gradcam"``, ``"gradcampp"``, ``"xgradcam"``,
-        ``"layercam"``, ``"scorecam"``, ``"ablationcam"``, ``"unioncam"``, ``"fusioncam"``,
-        ``"icam"``), or ``{name: params}`` with the method's keyword arguments; a
+        Names of registered methods (``camwidgets.methods()`` lists them with their
+        parameters), or ``{name: params}`` with the method's keyword arguments; a
         ``"method"`` entry lets a name stand for a variant, e.g.
-        ``{"scorecam-paper": {"method": "scorecam", "variant": "paper"}}``.
+        ``{"scorecam-paper": {"method": "scorecam", "variant": "paper"}}``. Every name and
+        parameter is checked before any work starts.
     metrics : sequence of str, default :data:`DEFAULT_METRICS`
-        Any of ``average_drop``, ``increase_in_confidence``, ``insertion``, ``deletion``,
-        ``over_all``, ``adcc`` (adds ``coherency``, ``complexity``),
-        ``energy_pointing_game``, ``pointing_game``, ``saliency_score``, ``localisation``
-        (adds ``iou``, ``precision``, ``recall``, ``f1``, ``box_iou``). Ground-truth
+        Names of registered metrics (:func:`camwidgets.core.metric_registry.list_metrics`;
+        :data:`METRIC_COLUMNS` gives the row columns each one writes). Ground-truth
         metrics give None for items without a mask/box (a box alone is used as the
         mask; with a mask, ``box_iou`` uses the item's box, else the mask's tight box).
     preprocess : Preprocess or None
@@ -566,7 +567,7 @@ def evaluate(
     ``seconds`` is wall-clock time on the calling machine and includes the explainer's
     forward/backward capture.
     """
-    specs = _method_specs(methods)
+    specs = _method_specs(methods, registered=explainer_factory is None)
     metric_list = list(dict.fromkeys(metrics))
     unknown = [m for m in metric_list if m not in METRIC_COLUMNS]
     if unknown:
@@ -692,7 +693,7 @@ class _Task:
             tgt = predicted
         tgt = int(M._resolve_targets(tgt, logits)[0])  # range check with a clear message
         prob = float(torch.softmax(logits, dim=1)[0, tgt])
-        needs_truth = any(m in _GROUND_TRUTH_METRICS for m in self.metric_list)
+        needs_truth = any(_metric_registry.get_metric(m).needs_ground_truth for m in self.metric_list)
         mask, box = (_ground_truth_at(item, hw, (int(pixels.shape[-2]), int(pixels.shape[-1])), preprocess)
                      if needs_truth else (None, None))
 
@@ -771,54 +772,15 @@ def _score(model: nn.Module, geo: torch.Tensor, emap: np.ndarray, tgt: int, norm
            metric_list: Sequence[str], params: Mapping[str, Mapping[str, Any]], steps: int, batch_size: int,
            mask: np.ndarray | None, box: tuple[int, int, int, int] | None, factory: ExplainerFactory,
            layers: Any, spec: Mapping[str, Any]) -> dict[str, Any]:
+    """Every requested metric of one map, through the metric registry (shared passes computed once)."""
+    def explain_fn(masked: torch.Tensor, t: int) -> Any:
+        ex = factory(model, masked, target=t, layers=layers, preprocess=norm_only)
+        return getattr(ex, spec["method"])(**spec["params"])
+
+    ctx = _metric_registry.MetricContext(model=model, pixels=geo, saliency_map=emap, target=tgt,
+                                         preprocess=norm_only, steps=steps, batch_size=batch_size, mask=mask,
+                                         box=box, explain_fn=explain_fn, params=params)
     out: dict[str, Any] = {}
-    want = set(metric_list)
-
-    def kw(name: str) -> dict[str, Any]:
-        return dict(params.get(name, {}))
-
-    ad = None
-    if want & {"average_drop", "increase_in_confidence", "adcc"}:
-        cc = M.confidence_change(model, geo, emap, tgt, norm_only, batch_size=batch_size)
-        ad = float(cc.average_drop)
-        if "average_drop" in want:
-            out["average_drop"] = ad
-        if "increase_in_confidence" in want:
-            out["increase_in_confidence"] = float(cc.increase_in_confidence)
-    ins = dele = None
-    if want & {"insertion", "over_all"}:
-        ins = M.insertion(model, geo, emap, tgt, norm_only, **{"steps": steps, "batch_size": batch_size,
-                                                               **kw("insertion")}).auc
-    if want & {"deletion", "over_all"}:
-        dele = M.deletion(model, geo, emap, tgt, norm_only, **{"steps": steps, "batch_size": batch_size,
-                                                              **kw("deletion")}).auc
-    if "insertion" in want:
-        out["insertion"] = ins
-    if "deletion" in want:
-        out["deletion"] = dele
-    if "over_all" in want:
-        assert ins is not None and dele is not None
-        out["over_all"] = M.over_all(ins, dele)
-    if "adcc" in want:
-        def explain_fn(masked: torch.Tensor, t: int) -> Any:
-            ex = factory(model, masked, target=t, layers=layers, preprocess=norm_only)
-            return getattr(ex, spec["method"])(**spec["params"])
-
-        coh = float(M.coherency(model, geo, emap, tgt, norm_only, explain_fn=explain_fn,
-                                batch_size=batch_size))
-        cx = float(M.complexity(emap))
-        out["adcc"] = float(M._adcc_formula(np.array([coh]), np.array([cx]), np.array([ad]))[0])
-        out["coherency"] = coh
-        out["complexity"] = cx
-    truth: Any = mask if mask is not None else box
-    for name in ("energy_pointing_game", "pointing_game", "saliency_score"):
-        if name in want:
-            out[name] = None if truth is None else float(getattr(M, name)(emap, truth, **kw(name)))
-    if "localisation" in want:
-        if truth is None:
-            out.update(iou=None, precision=None, recall=None, f1=None, box_iou=None)
-        else:
-            loc = M.localisation(emap, truth, box=box, **kw("localisation"))
-            out.update(iou=float(loc.iou), precision=float(loc.precision), recall=float(loc.recall),
-                       f1=float(loc.f1), box_iou=float(loc.box_iou))
+    for name in metric_list:
+        out.update(_metric_registry.get_metric(name).compute(ctx))
     return out

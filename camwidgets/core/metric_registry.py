@@ -1,0 +1,286 @@
+"""The metric registry: one entry per metric, read by :func:`camwidgets.evaluate`, the explorer and the docs.
+
+An entry names the metric, the row columns it produces (each with a label and whether
+higher or lower is better), whether it needs a ground-truth mask or box and whether it
+runs the model, and the function that scores one map. Adding a metric is one function
+and one :class:`Metric` entry in this file (and its tests); no other list of metric
+names exists.
+
+The compute functions share work through :class:`MetricContext`: Average Drop, Increase
+in Confidence and ADCC use one masked forward pass (``ctx.shared("confidence", ...)``),
+over-all reuses the insertion and deletion curves.
+
+>>> [m.name for m in list_metrics() if m.needs_ground_truth][:2]
+['energy_pointing_game', 'pointing_game']
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Hashable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from torch import nn
+
+from . import metrics as M
+from .preprocess import Preprocess
+
+__all__ = ["METRICS", "Column", "Metric", "MetricContext", "get_metric", "list_metrics"]
+
+Direction = Literal["higher", "lower"]
+
+
+@dataclass(frozen=True)
+class Column:
+    """One value a metric writes per image × method row.
+
+    Attributes
+    ----------
+    name : str
+        The row column (and CSV header).
+    label : str
+        Short display label, e.g. ``"AD %"``.
+    direction : {"higher", "lower"} or None
+        Which way is better (None: descriptive only, e.g. a complexity term).
+    """
+
+    name: str
+    label: str
+    direction: Direction | None
+
+    @property
+    def arrow(self) -> str:
+        """``"↑"``, ``"↓"`` or ``""``."""
+        return {"higher": "↑", "lower": "↓", None: ""}[self.direction]
+
+
+@dataclass
+class MetricContext:
+    """What a metric's compute function sees for one image × method.
+
+    Attributes
+    ----------
+    model : nn.Module
+    pixels : Tensor (3, H, W)
+        The preprocessed pixel image in ``[0, 1]``.
+    saliency_map : ndarray (H, W)
+        The method's map ``E`` in ``[0, 1]``.
+    target : int
+        The explained class.
+    preprocess : Preprocess or None
+        Normalisation only (the geometry is already applied to ``pixels``).
+    steps, batch_size : int
+        Insertion / deletion steps and images per forward pass.
+    mask, box : ground truth or None
+        Boolean ``(H, W)`` mask / inclusive ``(x0, y0, x1, y1)`` box at the map's resolution.
+    explain_fn : callable or None
+        ``explain_fn(masked_pixels, target) -> map``: the same method re-run (ADCC's coherency).
+    params : mapping
+        ``{metric name: {keyword: value}}``: each metric's own settings (e.g. insertion's ``blur``).
+    """
+
+    model: nn.Module
+    pixels: torch.Tensor
+    saliency_map: np.ndarray
+    target: int
+    preprocess: Preprocess | None = None
+    steps: int = 224
+    batch_size: int = 32
+    mask: np.ndarray | None = None
+    box: tuple[int, int, int, int] | None = None
+    explain_fn: Callable[[torch.Tensor, int], Any] | None = None
+    params: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    _shared: dict[Hashable, Any] = field(default_factory=dict, repr=False)
+
+    def shared(self, key: Hashable, compute: Callable[[], Any]) -> Any:
+        """A value several metrics need (a forward pass, a curve), computed once per context."""
+        if key not in self._shared:
+            self._shared[key] = compute()
+        return self._shared[key]
+
+    @property
+    def truth(self) -> Any:
+        """The mask if there is one, else the box, else None."""
+        return self.mask if self.mask is not None else self.box
+
+
+Values = dict[str, float | None]
+
+
+@dataclass(frozen=True)
+class Metric:
+    """One metric of the registry.
+
+    Attributes
+    ----------
+    name : str
+        What :func:`camwidgets.evaluate` takes in ``metrics=``.
+    label : str
+        Display name.
+    columns : tuple of Column
+        The row columns it writes.
+    needs_ground_truth : bool
+        Scored against a mask or box (None where the item has none).
+    needs_model : bool
+        Runs the model (forward passes of masked images).
+    compute : callable
+        ``compute(ctx) -> {column: value}``; its settings are ``ctx.params[name]``.
+    summary, reference : str
+        One sentence, and the paper (title, authors, year, arXiv id, equation).
+    in_explorer : bool
+        Shown in the explorer's metrics table.
+    """
+
+    name: str
+    label: str
+    columns: tuple[Column, ...]
+    needs_ground_truth: bool
+    needs_model: bool
+    compute: Callable[..., Values]
+    summary: str
+    reference: str
+    in_explorer: bool = False
+
+    @property
+    def column_names(self) -> tuple[str, ...]:
+        """The names of :attr:`columns`."""
+        return tuple(c.name for c in self.columns)
+
+
+# ----------------------------------------------------------------------------------------
+# compute functions
+# ----------------------------------------------------------------------------------------
+def _confidence(ctx: MetricContext) -> M.ConfidenceChange:
+    return ctx.shared("confidence", lambda: M.confidence_change(
+        ctx.model, ctx.pixels, ctx.saliency_map, ctx.target, ctx.preprocess, batch_size=ctx.batch_size))
+
+
+def _average_drop(ctx: MetricContext) -> Values:
+    cc = _confidence(ctx)
+    return {"average_drop": float(M._ad(np.array([cc.original]), np.array([cc.masked]))[0])}
+
+
+def _increase_in_confidence(ctx: MetricContext) -> Values:
+    cc = _confidence(ctx)
+    return {"increase_in_confidence": float(M._ic(np.array([cc.original]), np.array([cc.masked]))[0])}
+
+
+def _curve(ctx: MetricContext, kind: str) -> float:
+    fn = M.insertion if kind == "insertion" else M.deletion
+    params = dict(ctx.params.get(kind, {}))
+    return float(ctx.shared(kind, lambda: fn(ctx.model, ctx.pixels, ctx.saliency_map, ctx.target, ctx.preprocess,
+                                            **{"steps": ctx.steps, "batch_size": ctx.batch_size, **params})).auc)
+
+
+def _insertion(ctx: MetricContext) -> Values:
+    return {"insertion": _curve(ctx, "insertion")}
+
+
+def _deletion(ctx: MetricContext) -> Values:
+    return {"deletion": _curve(ctx, "deletion")}
+
+
+def _over_all(ctx: MetricContext) -> Values:
+    """Insertion − deletion, each curve with its own metric's settings (shared with those metrics)."""
+    ins, dele = _curve(ctx, "insertion"), _curve(ctx, "deletion")
+    return {"over_all": float(M.over_all(ins, dele))}
+
+
+def _adcc(ctx: MetricContext) -> Values:
+    if ctx.explain_fn is None:
+        raise ValueError("ADCC re-runs the method on the masked image: give an explain_fn.")
+    ad = _average_drop(ctx)["average_drop"]
+    coh = float(M.coherency(ctx.model, ctx.pixels, ctx.saliency_map, ctx.target, ctx.preprocess,
+                            explain_fn=ctx.explain_fn, batch_size=ctx.batch_size))
+    cx = float(M.complexity(ctx.saliency_map))
+    value = float(M._adcc_formula(np.array([coh]), np.array([cx]), np.array([ad]))[0])
+    return {"adcc": value, "coherency": coh, "complexity": cx}
+
+
+def _against_truth(name: str) -> Callable[..., Values]:
+    fn = getattr(M, name)
+
+    def compute(ctx: MetricContext) -> Values:
+        params = ctx.params.get(name, {})
+        return {name: None if ctx.truth is None else float(fn(ctx.saliency_map, ctx.truth, **params))}
+
+    compute.__name__ = f"_{name}"
+    return compute
+
+
+def _localisation(ctx: MetricContext) -> Values:
+    if ctx.truth is None:
+        return dict.fromkeys(("iou", "precision", "recall", "f1", "box_iou"))
+    loc = M.localisation(ctx.saliency_map, ctx.truth, box=ctx.box, **ctx.params.get("localisation", {}))
+    return {"iou": float(loc.iou), "precision": float(loc.precision), "recall": float(loc.recall),
+            "f1": float(loc.f1), "box_iou": float(loc.box_iou)}
+
+
+# ----------------------------------------------------------------------------------------
+# the registry
+# ----------------------------------------------------------------------------------------
+_RISE = ("Petsiuk et al., 'RISE: Randomized Input Sampling for Explanation of Black-box Models', BMVC 2018, "
+         "arXiv:1806.07421 (insertion / deletion).")
+_GRADCAMPP = ("Chattopadhay et al., 'Grad-CAM++', WACV 2018, arXiv:1710.11063 (Average Drop, Increase in "
+              "Confidence).")
+_ENTRIES: tuple[Metric, ...] = (
+    Metric("average_drop", "Average Drop", (Column("average_drop", "AD %", "lower"),), False, True,
+           _average_drop,
+           "how much of the class probability is lost when only the map's evidence is kept: "
+           "100 · max(0, y − o) / y.", _GRADCAMPP, in_explorer=True),
+    Metric("increase_in_confidence", "Increase in Confidence",
+           (Column("increase_in_confidence", "IC %", "higher"),), False, True,
+           _increase_in_confidence,
+           "whether the class probability rises when only the map's evidence is kept: 100 · 1[o > y] "
+           "(also called Average Increase).", _GRADCAMPP, in_explorer=True),
+    Metric("insertion", "Insertion AUC", (Column("insertion", "insertion", "higher"),), False, True, _insertion,
+           "area under the class probability as pixels are revealed in the map's order from a blurred image.",
+           _RISE, in_explorer=True),
+    Metric("deletion", "Deletion AUC", (Column("deletion", "deletion", "lower"),), False, True, _deletion,
+           "area under the class probability as pixels are removed in the map's order.", _RISE, in_explorer=True),
+    Metric("over_all", "Over-all", (Column("over_all", "over-all", "higher"),), False, True, _over_all,
+           "insertion AUC − deletion AUC.",
+           "Zhang et al., 'Group-CAM', 2021, arXiv:2103.13859 (over-all score)."),
+    Metric("adcc", "ADCC", (Column("adcc", "ADCC", "higher"), Column("coherency", "coherency", "higher"),
+                            Column("complexity", "complexity", "lower")), False, True,
+           _adcc,
+           "harmonic mean of coherency (the method's map of the masked image matches), 1 − complexity and "
+           "1 − AD.",
+           "Poppi et al., 'Revisiting The Evaluation of Class Activation Mapping for Explainability: A Novel "
+           "Metric and Experimental Analysis', CVPR-W 2021, arXiv:2104.10252.", in_explorer=True),
+    Metric("energy_pointing_game", "Energy pointing game", (Column("energy_pointing_game", "energy PG", "higher"),),
+           True, False, _against_truth("energy_pointing_game"),
+           "share of the map's energy inside the ground truth.",
+           "Wang et al., 'Score-CAM', CVPR-W 2020, arXiv:1910.01279 (energy-based pointing game)."),
+    Metric("pointing_game", "Pointing game", (Column("pointing_game", "PG hit", "higher"),), True, False,
+           _against_truth("pointing_game"), "whether the map's maximum lies inside the ground truth.",
+           "Zhang et al., 'Top-down Neural Attention by Excitation Backprop', ECCV 2016, arXiv:1608.00507."),
+    Metric("saliency_score", "Saliency score", (Column("saliency_score", "saliency", "higher"),), True, False,
+           _against_truth("saliency_score"), "the map's mass inside the ground truth over its total (I-CAM eq. 32).",
+           "Singh et al., 'Integrative CAM', 2024, arXiv:2412.01354, eq. 32."),
+    Metric("localisation", "Localisation",
+           (Column("iou", "IoU", "higher"), Column("precision", "precision", "higher"),
+            Column("recall", "recall", "higher"), Column("f1", "F1", "higher"),
+            Column("box_iou", "box IoU", "higher")), True, False, _localisation,
+           "IoU, precision, recall and F1 of the thresholded map against the mask; IoU of the largest "
+           "component's box against the ground-truth box.",
+           "Zhou et al., 'Learning Deep Features for Discriminative Localization', CVPR 2016, arXiv:1512.04150 "
+           "(box localisation)."),
+)
+
+#: Every registered metric by name, in the order rows and tables list them.
+METRICS: Mapping[str, Metric] = {m.name: m for m in _ENTRIES}
+
+
+def list_metrics() -> tuple[Metric, ...]:
+    """The registered metrics, in order."""
+    return tuple(METRICS.values())
+
+
+def get_metric(name: str) -> Metric:
+    """The registry entry of ``name``; a ValueError listing the metrics otherwise."""
+    if isinstance(name, str) and name in METRICS:
+        return METRICS[name]
+    raise ValueError(f"Unknown metric {name!r}; choose from {', '.join(METRICS)}.")
