@@ -20,7 +20,11 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-__all__ = ["INTERPOLATIONS", "Preprocess", "as_preprocess"]
+__all__ = ["INTERPOLATIONS", "Preprocess", "PreprocessLike", "as_preprocess"]
+
+#: What a ``preprocess=`` argument may be: a :class:`Preprocess`, a torchvision transform
+#: (converted by :func:`as_preprocess`) or None.
+PreprocessLike = Any
 
 #: The resampling modes :class:`Preprocess` reproduces (torchvision's tensor ``resize``).
 INTERPOLATIONS = ("bilinear", "bicubic", "nearest", "nearest-exact")
