@@ -49,6 +49,8 @@ _EXPORTS: dict[str, str] = {
     # input
     "load_image": "image",
     "Preprocess": "preprocess",
+    "PreprocessLike": "preprocess",
+    "as_preprocess": "preprocess",
     # the method families' pure functions (``combine`` exists in both icam and fusion: use the submodules)
     # gradient
     "GRADCAMPP_EPS": "gradient",
@@ -139,6 +141,7 @@ __all__ = [
     "LocalExecutor",
     "LocalisationResult",
     "Preprocess",
+    "PreprocessLike",
     "RayExecutor",
     "RegionCAMResult",
     "RegionWeights",
@@ -146,6 +149,7 @@ __all__ = [
     "UnionCAMSteps",
     "ablationcam_weights",
     "adcc",
+    "as_preprocess",
     "average_drop",
     "cancel_when",
     "candidate_layers",
@@ -288,7 +292,7 @@ if TYPE_CHECKING:
         pointing_game,
         saliency_score,
     )
-    from .preprocess import Preprocess
+    from .preprocess import Preprocess, PreprocessLike, as_preprocess
     from .region import RegionWeights, ablationcam_weights, region_map, scorecam_masks, scorecam_weights
     from .results import CAMResult, FusionCAMResult, ICAMResult, RegionCAMResult, UnionCAMResult
 

@@ -65,7 +65,7 @@ from . import fusion as _fusion
 from ._hooks import Capture, batch_logits, capture, model_device, model_dtype
 from .image import ImageLike, load_image
 from .layers import LayerSpec, candidate_layers, default_layer, resolve_layer, resolve_layers
-from .preprocess import Preprocess
+from .preprocess import PreprocessLike, as_preprocess
 from .results import CAMResult, freeze_array
 
 __all__ = ["Explainer", "explain_batch"]
@@ -131,7 +131,7 @@ class Explainer:
         logits).
     layers : "auto" or sequence of str / Module
         Candidate layers: ``"auto"`` finds them at block granularity
-        (:func:`camwidgets.core.layers.candidate_layers`, SPEC §5), or pass your own list
+        (:func:`camwidgets.core.layers.candidate_layers`), or pass your own list
         of dotted names or submodules. They are I-CAM's candidates, and the default
         single layer of the other methods is the last of them.
     preprocess : Preprocess or None
@@ -169,7 +169,7 @@ class Explainer:
     """
 
     def __init__(self, model: nn.Module, image: ImageLike, target: int | None = None,
-                 layers: str | Sequence[LayerSpec] = "auto", preprocess: Preprocess | None = None) -> None:
+                 layers: str | Sequence[LayerSpec] = "auto", preprocess: PreprocessLike = None) -> None:
         if not isinstance(model, nn.Module):
             raise ValueError(f"model must be a torch.nn.Module, got {type(model).__name__}.")
         n = _is_batch(image)
@@ -179,11 +179,7 @@ class Explainer:
                 "or call camwidgets.core.explain_batch(model, images, method, targets=...) which does that "
                 "and explains every image with its own target."
             )
-        if preprocess is not None and not isinstance(preprocess, Preprocess):
-            raise ValueError(
-                f"preprocess must be a camwidgets Preprocess or None, got {type(preprocess).__name__}. "
-                "Build one with Preprocess(size=..., mean=..., std=...)."
-            )
+        preprocess = as_preprocess(preprocess)  # a camwidgets Preprocess, a torchvision transform, or None
         tgt = _check_target(target)
         n_static = _static_num_classes(model)
         if tgt is not None and n_static is not None and tgt >= n_static:
@@ -545,7 +541,7 @@ def _generic_candidates(model: nn.Module, cands: Sequence[str]) -> bool:
 def explain_batch(model: nn.Module, images: Any, method: str = "gradcam",
                   targets: int | Sequence[int | None] | None = None, *,
                   layers: str | Sequence[LayerSpec] = "auto",
-                  preprocess: Preprocess | None = None, **params: Any) -> list[CAMResult]:
+                  preprocess: PreprocessLike = None, **params: Any) -> list[CAMResult]:
     """Explain every image of a batch, each with its own target (one :class:`Explainer` each).
 
     Parameters
@@ -583,6 +579,7 @@ def explain_batch(model: nn.Module, images: Any, method: str = "gradcam",
     from .methods import get
 
     get(method).resolve(params)  # unknown method or parameter: an error before any image is explained
+    preprocess = as_preprocess(preprocess)
     out = []
     for item, t in zip(items, tlist, strict=True):
         exp = Explainer(model, item, target=t, layers=layers, preprocess=preprocess)

@@ -1,4 +1,4 @@
-r"""Faithfulness and localisation metrics for saliency maps (SPEC.md §6).
+r"""Faithfulness and localisation metrics for saliency maps (docs/methods.md, "Metrics").
 
 Two families, one calling convention each.
 
@@ -24,7 +24,7 @@ back in :class:`CurveResult`. Dataset-level values are the means of the per-imag
 
 All forward passes run under :func:`torch.inference_mode` with the model in eval mode,
 in chunks of ``batch_size`` images; every module's train/eval flag is restored
-afterwards, also when an error is raised. Scores are ``Y_c = softmax(S)_c`` (SPEC's
+afterwards, also when an error is raised. Scores are ``Y_c = softmax(S)_c`` (docs/methods.md's
 notation: ``S`` logits, ``y = Y_c(x)``, ``o = Y_c(x ⊙ E)``).
 
 **Map-only metrics** take ``(saliency_map, mask_or_box, **params)``: the ground truth
@@ -36,7 +36,8 @@ Conventions compared with pytorch-grad-cam 1.5 (``pytorch_grad_cam.metrics``)
 ------------------------------------------------------------------------------
 - ``DropInConfidence`` returns ``max(0, y - o)`` per image, *not* divided by ``y`` and not
   in percent; ``IncreaseInConfidence`` returns ``1[o > y]`` as 0/1. camwidgets follows the
-  papers (001 eq. 8-9, 003 §4.2): ``AD_i = 100 max(0, y - o) / y`` and
+  papers (Chattopadhay et al. 2018,
+  arXiv:1710.11063; UnionCAM, Hu et al. 2024, §4.2): ``AD_i = 100 max(0, y - o) / y`` and
   ``IC_i = 100 · 1[o > y]``.
 - Their score is whatever ``targets`` returns: logits with ``ClassifierOutputTarget``,
   softmax with ``ClassifierOutputSoftmaxTarget``. camwidgets always uses softmax.
@@ -63,7 +64,7 @@ from torch.nn import functional as F
 
 from ._hooks import checkpoint, eval_mode, model_device
 from .image import load_image
-from .preprocess import Preprocess
+from .preprocess import Preprocess, PreprocessLike, as_preprocess
 
 __all__ = [
     "ADCCResult",
@@ -158,7 +159,7 @@ class CurveResult:
 
 @dataclass(frozen=True, eq=False)
 class ADCCResult:
-    """ADCC and its three components (Poppi et al. 2021; 001 eq. 10).
+    """ADCC and its three components (Poppi et al. 2021, arXiv:2104.10252).
 
     Attributes
     ----------
@@ -184,7 +185,9 @@ class ADCCResult:
 
 @dataclass(frozen=True, eq=False)
 class LocalisationResult:
-    """Overlap of the thresholded map with the ground truth (002 §V; 001 eq. 7).
+    """Overlap of the thresholded map with the ground truth.
+
+    As in Karthick & Karthick, 'From Tables to Pixels', §V; box IoU as in CAM (Zhou et al. 2016).
 
     Attributes
     ----------
@@ -222,12 +225,9 @@ def _identity(x: torch.Tensor) -> torch.Tensor:
     return x
 
 
-def _check_preprocess(preprocess: Any) -> None:
-    if preprocess is not None and not (hasattr(preprocess, "geometry") and hasattr(preprocess, "normalize")):
-        raise ValueError(
-            f"preprocess must be a camwidgets Preprocess (with .geometry and .normalize) or None, "
-            f"got a {type(preprocess).__name__}."
-        )
+def _check_preprocess(preprocess: Any) -> Preprocess | None:
+    """``preprocess`` as a :class:`Preprocess` (torchvision transforms converted); a clear error otherwise."""
+    return as_preprocess(preprocess)
 
 
 def _is_batch_image(image: Any) -> bool:
@@ -238,7 +238,7 @@ def _is_batch_image(image: Any) -> bool:
 
 def _prepare_images(image: Any, preprocess: Preprocess | None) -> tuple[torch.Tensor, bool]:
     """Pixel images after geometry, ``(N, 3, H, W)`` float32 in [0, 1], and whether one image was given."""
-    _check_preprocess(preprocess)
+    preprocess = _check_preprocess(preprocess)
     single = not _is_batch_image(image)
     items = [image] if single else list(image)
     if not items:
@@ -437,7 +437,7 @@ def _confidence(scorer: _Scorer, pixels: torch.Tensor, maps: np.ndarray, target:
 # Average Drop / Increase in Confidence
 # ----------------------------------------------------------------------------------------
 def confidence_change(model: nn.Module, image: Any, saliency_map: MapLike, target: TargetLike = None,
-                      preprocess: Preprocess | None = None, *, batch_size: int = 32) -> ConfidenceChange:
+                      preprocess: PreprocessLike = None, *, batch_size: int = 32) -> ConfidenceChange:
     r"""Target probability on the image and on the image masked by its map.
 
     ``y = softmax(S(x))_c`` and ``o = softmax(S(x ⊙ E))_c`` where ``x ⊙ E`` multiplies the
@@ -472,6 +472,7 @@ def confidence_change(model: nn.Module, image: Any, saliency_map: MapLike, targe
         Map shape not matching the preprocessed image, map outside ``[0, 1]`` or NaN,
         class out of range, unreadable image.
     """
+    preprocess = as_preprocess(preprocess)
     pixels, maps, single = _setup(model, image, saliency_map, preprocess)
     scorer = _Scorer(model, preprocess, batch_size)
     with _eval_mode(model), torch.inference_mode():
@@ -480,8 +481,8 @@ def confidence_change(model: nn.Module, image: Any, saliency_map: MapLike, targe
 
 
 def average_drop(model: nn.Module, image: Any, saliency_map: MapLike, target: TargetLike = None,
-                 preprocess: Preprocess | None = None, *, batch_size: int = 32) -> Value:
-    r"""Average Drop (Chattopadhyay et al. 2018; 001 eq. 8, 003 §4.2), per image, in percent.
+                 preprocess: PreprocessLike = None, *, batch_size: int = 32) -> Value:
+    r"""Average Drop (Chattopadhay et al. 2018, arXiv:1710.11063; UnionCAM §4.2), per image, in percent.
 
     .. math:: AD_i = 100 \cdot \frac{\max(0, y_i - o_i)}{y_i},\quad
               y = \mathrm{softmax}(S(x))_c,\ o = \mathrm{softmax}(S(x \odot E))_c
@@ -519,8 +520,8 @@ def average_drop(model: nn.Module, image: Any, saliency_map: MapLike, target: Ta
 
 
 def increase_in_confidence(model: nn.Module, image: Any, saliency_map: MapLike, target: TargetLike = None,
-                           preprocess: Preprocess | None = None, *, batch_size: int = 32) -> Value:
-    r"""Increase in Confidence (a.k.a. Average Increase; 001 eq. 9, 003 §4.2), per image, in percent.
+                           preprocess: PreprocessLike = None, *, batch_size: int = 32) -> Value:
+    r"""Increase in Confidence (a.k.a. Average Increase; Chattopadhay et al. 2018), per image, in percent.
 
     .. math:: IC_i = 100 \cdot \mathbf{1}[o_i > y_i]
 
@@ -643,7 +644,7 @@ def _curves(scorer: _Scorer, pixels: torch.Tensor, maps: np.ndarray, targets: to
 def _check_steps(steps: int) -> int:
     if isinstance(steps, bool) or int(steps) != steps or int(steps) < 1:
         raise ValueError(
-            f"steps must be a positive integer (SPEC default 50; 224 for evaluation), got {steps}."
+            f"steps must be a positive integer (50 live, 224 for evaluation), got {steps}."
         )
     return int(steps)
 
@@ -651,6 +652,7 @@ def _check_steps(steps: int) -> int:
 def _curve_metric(kind: str, model: nn.Module, image: Any, saliency_map: MapLike, target: TargetLike,
                   preprocess: Preprocess | None, steps: int, baseline: Any, sigma: float,
                   batch_size: int) -> CurveResult:
+    preprocess = as_preprocess(preprocess)
     steps = _check_steps(steps)
     if not (isinstance(sigma, (int, float)) and math.isfinite(sigma) and sigma >= 0):
         raise ValueError(f"sigma must be a finite number >= 0 (pixels), got {sigma}.")
@@ -672,9 +674,9 @@ def _curve_metric(kind: str, model: nn.Module, image: Any, saliency_map: MapLike
 
 
 def deletion(model: nn.Module, image: Any, saliency_map: MapLike, target: TargetLike = None,
-             preprocess: Preprocess | None = None, *, steps: int = 50, baseline: Any = "black",
+             preprocess: PreprocessLike = None, *, steps: int = 50, baseline: Any = "black",
              sigma: float = 5.0, batch_size: int = 32) -> CurveResult:
-    r"""Deletion curve and AUC (Petsiuk et al. 2018, RISE; 001 §III, 003 §4.2). Lower is better.
+    r"""Deletion curve and AUC (Petsiuk et al. 2018, RISE, arXiv:1806.07421; UnionCAM §4.2). Lower is better.
 
     Pixels are removed in order of decreasing ``E`` (most salient first; ties in raster
     order) and replaced by the baseline. After step ``k`` (``k = 0 … steps``) the
@@ -690,7 +692,7 @@ def deletion(model: nn.Module, image: Any, saliency_map: MapLike, target: Target
         As in :func:`confidence_change`; pixels are removed in pixel space, after
         ``preprocess.geometry`` and before ``preprocess.normalize``.
     steps : int, default 50
-        Number of steps (SPEC: 50 live, 224 for evaluation); ``steps + 1`` forward passes
+        Number of steps (50 live, 224 for evaluation); ``steps + 1`` forward passes
         per image.
     baseline : {"black", "blur", "mean"}, float or image, default "black"
         What a removed pixel becomes: pixel zeros, the Gaussian-blurred image (``sigma``),
@@ -718,9 +720,9 @@ def deletion(model: nn.Module, image: Any, saliency_map: MapLike, target: Target
 
 
 def insertion(model: nn.Module, image: Any, saliency_map: MapLike, target: TargetLike = None,
-              preprocess: Preprocess | None = None, *, steps: int = 50, baseline: Any = "blur",
+              preprocess: PreprocessLike = None, *, steps: int = 50, baseline: Any = "blur",
               sigma: float = 5.0, batch_size: int = 32) -> CurveResult:
-    r"""Insertion curve and AUC (Petsiuk et al. 2018, RISE; 001 §III, 003 §4.2). Higher is better.
+    r"""Insertion curve and AUC (Petsiuk et al. 2018, RISE, arXiv:1806.07421; UnionCAM §4.2). Higher is better.
 
     Starts from the baseline image -- by default a Gaussian-blurred copy of the image
     (``sigma`` pixels, as RISE does; a black start would make most classifiers' first
@@ -757,7 +759,7 @@ def insertion(model: nn.Module, image: Any, saliency_map: MapLike, target: Targe
 
 
 def over_all(insertion_result: CurveResult | Value, deletion_result: CurveResult | Value) -> Value:
-    r"""Over-all score ``AUC(insertion) − AUC(deletion)`` (003 §4.2, Table 3). Higher is better.
+    r"""Over-all score ``AUC(insertion) − AUC(deletion)`` (UnionCAM, Hu et al. 2024, §4.2, Table 3). Higher is better.
 
     Parameters
     ----------
@@ -891,7 +893,7 @@ def _resolve_explain_fn(explain_fn: ExplainFn | None, saliency_map: MapLike, mod
 
 
 def coherency(model: nn.Module, image: Any, saliency_map: MapLike, target: TargetLike = None,
-              preprocess: Preprocess | None = None, *, explain_fn: ExplainFn | None = None,
+              preprocess: PreprocessLike = None, *, explain_fn: ExplainFn | None = None,
               batch_size: int = 32) -> Value:
     r"""Coherency (Poppi et al. 2021): does the method explain ``x ⊙ E`` the way it explained ``x``?
 
@@ -922,6 +924,7 @@ def coherency(model: nn.Module, image: Any, saliency_map: MapLike, target: Targe
     float or ndarray (N,)
         In ``[0, 1]`` (higher is better).
     """
+    preprocess = as_preprocess(preprocess)
     pixels, maps, single = _setup(model, image, saliency_map, preprocess)
     fn = _resolve_explain_fn(explain_fn, saliency_map, model, preprocess, single)
     scorer = _Scorer(model, preprocess, batch_size)
@@ -941,9 +944,9 @@ def _adcc_formula(coh: np.ndarray, cx: np.ndarray, ad: np.ndarray) -> np.ndarray
 
 
 def adcc(model: nn.Module, image: Any, saliency_map: MapLike, target: TargetLike = None,
-         preprocess: Preprocess | None = None, *, explain_fn: ExplainFn | None = None,
+         preprocess: PreprocessLike = None, *, explain_fn: ExplainFn | None = None,
          batch_size: int = 32) -> ADCCResult:
-    r"""ADCC: harmonic mean of Average Drop, Coherency and Complexity (Poppi et al. 2021; 001 eq. 10).
+    r"""ADCC: harmonic mean of Average Drop, Coherency and Complexity (Poppi et al. 2021, arXiv:2104.10252).
 
     .. math:: ADCC = 3\left(\frac{1}{\mathrm{Coherency}} + \frac{1}{1-\mathrm{Complexity}}
               + \frac{1}{1-AD/100}\right)^{-1}
@@ -965,6 +968,7 @@ def adcc(model: nn.Module, image: Any, saliency_map: MapLike, target: TargetLike
     ADCCResult
         ``adcc``, ``coherency``, ``complexity``, ``average_drop`` (float each, or ``(N,)``).
     """
+    preprocess = as_preprocess(preprocess)
     pixels, maps, single = _setup(model, image, saliency_map, preprocess)
     fn = _resolve_explain_fn(explain_fn, saliency_map, model, preprocess, single)
     scorer = _Scorer(model, preprocess, batch_size)
@@ -1084,7 +1088,7 @@ def _map_and_truth(saliency_map: MapLike, mask_or_box: Any
 
 
 def energy_pointing_game(saliency_map: MapLike, mask_or_box: Any) -> Value:
-    r"""Energy-based pointing game (Score-CAM; 001 eq. 6): the share of the map's energy inside ``G``.
+    r"""Energy-based pointing game (Score-CAM, Wang et al. 2020): the share of the map's energy inside ``G``.
 
     .. math:: \mathrm{Proportion} = \frac{\sum_{(i,j) \in G} E_{ij}}{\sum_{(i,j)} E_{ij}}
 
@@ -1108,10 +1112,10 @@ def energy_pointing_game(saliency_map: MapLike, mask_or_box: Any) -> Value:
 
 
 def saliency_score(saliency_map: MapLike, mask_or_box: Any) -> Value:
-    r"""Saliency score (000 eq. 32; 002 §V.5): ``sum(E ∘ G) / sum(E)``.
+    r"""Saliency score (Integrative CAM eq. 32; 'From Tables to Pixels' §V.5): ``sum(E ∘ G) / sum(E)``.
 
-    The same quantity as :func:`energy_pointing_game` (000 writes it with the box mask
-    ``L_Bbox``, 002 with the object mask); kept under its papers' name.
+    The same quantity as :func:`energy_pointing_game` (Integrative CAM writes it with the box mask
+    ``L_Bbox``, 'From Tables to Pixels' with the object mask); kept under its papers' name.
 
     Parameters
     ----------
@@ -1185,12 +1189,13 @@ def localisation(saliency_map: MapLike, mask_or_box: Any, box: Any = None, *, th
     r"""IoU, precision, recall, F1 of the thresholded map, and the largest-component box IoU.
 
     With ``P = {E >= t}`` (``t = threshold``, or ``threshold · max E`` when ``relative``)
-    and the ground-truth mask ``G`` (002 §V, 000 §3.2):
+    and the ground-truth mask ``G`` ('From Tables to Pixels' §V, Integrative CAM §3.2):
 
     .. math:: IoU = \frac{|P \cap G|}{|P \cup G|},\ \mathrm{precision} = \frac{|P \cap G|}{|P|},\
               \mathrm{recall} = \frac{|P \cap G|}{|G|},\ F1 = \frac{2\,pr}{p + r}
 
-    (precision is 0 for an empty ``P``, F1 is 0 when ``p + r = 0``). ``box_iou`` (001 eq. 7):
+    (precision is 0 for an empty ``P``, F1 is 0 when ``p + r = 0``). ``box_iou``
+    (as in CAM's localisation, Zhou et al. 2016):
     ``P`` is split into connected components with :func:`skimage.measure.label`, the largest
     one (most pixels; ties to the lowest label) gives the estimated box, and its IoU with
     the ground-truth box is computed on inclusive pixel boxes (0 when ``P`` is empty).
@@ -1206,7 +1211,7 @@ def localisation(saliency_map: MapLike, mask_or_box: Any, box: Any = None, *, th
     threshold : float, default 0.5
         Binarisation threshold in ``[0, 1]``.
     relative : bool, default False
-        Threshold at ``threshold · max(E)`` (001's "threshold of the max value") instead of
+        Threshold at ``threshold · max(E)`` (the CAM papers' "threshold of the max value") instead of
         at ``threshold``; the same for maps whose maximum is 1, as normalised CAMs are.
     connectivity : {1, 2}, default 2
         Neighbourhood of :func:`skimage.measure.label`: 1 = 4-connected, 2 = 8-connected.

@@ -5,7 +5,6 @@ from __future__ import annotations
 import difflib
 import os
 from pathlib import Path
-from typing import Any
 
 import torch
 import torchvision
@@ -40,10 +39,7 @@ def _preprocess_from(weights: WeightsEnum | None) -> Preprocess:
     """A :class:`Preprocess` equal to the weights' ``ImageClassification`` transform."""
     if weights is None:
         return Preprocess(size=224, resize=256, mean=_IMAGENET_MEAN, std=_IMAGENET_STD)
-    t: Any = weights.transforms()
-    crop = int(t.crop_size[0])
-    resize = int(t.resize_size[0])
-    return Preprocess(size=crop, resize=resize, mean=tuple(t.mean), std=tuple(t.std))
+    return Preprocess.from_torchvision(weights.transforms())  # resize, crop, interpolation, antialias, mean, std
 
 
 def _categories(weights: WeightsEnum | None, num_classes: int) -> list[str]:
