@@ -59,7 +59,7 @@ What is measured, per model
         forwards, from which its raw β are ``p_i − p_black``); the computation itself is untouched.
         * ``formula_official_betas_max_abs``: camwidgets' ``denoise_map`` → ``combine`` → ``fuse`` on the
           official Grad-CAM map (before its denoising) and Score-CAM map, with the official raw β, vs the
-          official final map (SPEC §4: must be ≤ 1e-6 unless a β is negative, see below);
+          official final map (docs/methods.md: must be ≤ 1e-6 unless a β is negative, see below);
         * ``formula_own_betas_max_abs``: the same maps through ``run_fusioncam`` with camwidgets'
           ``contributions`` (batched forwards on the same model) instead of the official β;
         * ``denoise_max_abs`` / ``denoise_flipped_pixels``, ``combined_map_max_abs``: the intermediate steps;
@@ -67,7 +67,7 @@ What is measured, per model
           the component maps' differences (``gradcam_max_abs``, ``scorecam_max_abs``) and both sets of β.
 
 Known reasons for differences
-    * ``fusion_weights`` clamps each β at 0 and has no ``1e-8`` (SPEC §4); the official
+    * ``fusion_weights`` clamps each β at 0 and has no ``1e-8`` (docs/methods.md); the official
       ``a / (a + b + 1e-8)`` does not clamp, so a negative β (a masked image less confident than the zero
       baseline, common with random weights) gives different weights; otherwise ≤ 1e-8 relative.
     * Score-CAM conventions: camwidgets follows pytorch-grad-cam (masks upsampled with

@@ -1,4 +1,4 @@
-"""The metrics table: seven CAM methods × the SPEC §6 metrics on fresh Shapes images.
+"""The metrics table: seven CAM methods × every registered metric on fresh Shapes images.
 
 Evaluates Grad-CAM, Grad-CAM++, LayerCAM, Score-CAM, UnionCAM, Fusion-CAM and I-CAM with
 the embedded demo model on ``--n`` images (default 500) of two fresh
@@ -132,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n", type=int, default=500, help="images per run (default 500)")
     ap.add_argument("--steps", type=int, default=224,
-                    help="insertion/deletion steps (default 224, SPEC's evaluation setting)")
+                    help="insertion/deletion steps (default 224, the evaluation setting)")
     ap.add_argument("--batch-size", type=int, default=64, help="metric forward-pass batch size")
     ap.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
     ap.add_argument("--runs", nargs="+", default=list(RUNS), choices=list(RUNS))

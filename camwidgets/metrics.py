@@ -1,6 +1,6 @@
 """Public metrics API: faithfulness and localisation scores for saliency maps.
 
-A thin re-export of :mod:`camwidgets.core.metrics` (SPEC.md §6), which documents the
+A thin re-export of :mod:`camwidgets.core.metrics` (docs/methods.md, "Metrics"), which documents the
 conventions: model-based metrics take ``(model, image, saliency_map, target=None,
 preprocess=None, **params)`` and mask in pixel space; map-only metrics take
 ``(saliency_map, mask_or_box, **params)``.

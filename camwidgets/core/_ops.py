@@ -1,6 +1,6 @@
 """Small tensor helpers shared by every CAM method: normalise, upsample, percentiles.
 
-Conventions (SPEC, "Notation"):
+Conventions (docs/methods.md, "Notation"):
 
 * **normalise** is a per-map min-max over the last two dimensions to ``[0, 1]``; a
   constant map (``max == min``) becomes all zeros, never NaN.
@@ -126,8 +126,8 @@ def zero_below_percentile(
 ) -> torch.Tensor:
     """Set the values of ``x`` strictly below their ``θ``-th percentile (over ``dims``) to 0.
 
-    The denoising step of UnionCAM (003_*, eq. 1, per gradient channel) and Fusion-CAM
-    (004_*, on the normalised gradient map). Values equal to the percentile are kept, so
+    The denoising step of UnionCAM (Hu et al. 2024, eq. 1, per gradient channel) and Fusion-CAM
+    (Dekdegue et al. 2026, on the normalised gradient map). Values equal to the percentile are kept, so
     ``theta=0`` (the minimum) keeps everything.
 
     Parameters

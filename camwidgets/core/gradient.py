@@ -1,4 +1,4 @@
-r"""Gradient-based CAM methods as pure functions of activations and gradients (SPEC §1).
+r"""Gradient-based CAM methods as pure functions of activations and gradients (docs/methods.md).
 
 Every function takes the activation ``A`` of one layer and the gradient
 ``g = ∂S_c/∂A`` of the target **logit** ``S_c`` with respect to it, both of shape
@@ -8,7 +8,7 @@ map ``(..., h, w)`` at feature resolution. Nothing here runs a model: capturing 
 ``g``, normalising (:func:`camwidgets.core._ops.normalize`) and upsampling
 (:func:`camwidgets.core._ops.upsample`) are the caller's.
 
-The formulas are those of pytorch-grad-cam 1.5 (the numerical reference, SPEC §1):
+The formulas are those of pytorch-grad-cam 1.5 (the numerical reference):
 
 ========================  ==================================================================
 method                    weights / map
@@ -86,7 +86,7 @@ def gradcampp_weights(activations: torch.Tensor, grads: torch.Tensor) -> torch.T
     This is the exponential-output closed form where higher derivatives are replaced by
     powers of the first one. The constant ``1e-6`` (:data:`GRADCAMPP_EPS`) is **kept**:
     gradients are often ~1e-4, so ``g² ≈ 1e-8`` is far below it and the constant changes
-    the weights substantially; keeping it reproduces pytorch-grad-cam exactly (SPEC §1).
+    the weights substantially; keeping it reproduces pytorch-grad-cam exactly.
     (torchcam's variant effectively reduces to ``α = g²``; it is not the reference.)
 
     Parameters

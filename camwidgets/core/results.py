@@ -137,7 +137,7 @@ class RegionCAMResult(CAMResult):
 
 @dataclass(frozen=True, eq=False, kw_only=True, repr=False)
 class ICAMResult(CAMResult):
-    """Integrative CAM (000_*, eq. 3-31) with every intermediate the widget shows.
+    """Integrative CAM (Singh et al. 2024, arXiv:2412.01354, eq. 3-31) with every intermediate the widget shows.
 
     Attributes
     ----------
@@ -183,7 +183,7 @@ class ICAMResult(CAMResult):
 
 @dataclass(frozen=True, eq=False, kw_only=True, repr=False)
 class UnionCAMResult(CAMResult):
-    """UnionCAM (003_*, eq. 1-8).
+    """UnionCAM (Hu et al. 2024, eq. 1-8).
 
     Attributes
     ----------
@@ -218,7 +218,7 @@ class UnionCAMResult(CAMResult):
 
 @dataclass(frozen=True, eq=False, kw_only=True, repr=False)
 class FusionCAMResult(CAMResult):
-    """Fusion-CAM (004_*, SPEC §4).
+    """Fusion-CAM (Dekdegue et al. 2026, arXiv:2603.05386; docs/methods.md).
 
     Attributes
     ----------

@@ -57,7 +57,7 @@ def _augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
 
 
 def _perturb(x: torch.Tensor, gen: torch.Generator, p: float = 0.5, max_alpha: float = 0.6) -> torch.Tensor:
-    """I-CAM-style perturbations (000_* eq. 4) on a random half of the batch.
+    """I-CAM-style perturbations (Integrative CAM, Singh et al. 2024, eq. 4) on a random half of the batch.
 
     For a chosen image, ``alpha ~ U(0, max_alpha)``, then ``clip((x + alpha N) * M, 0, 1)``
     with ``N ~ N(0, 1)`` and a keep-mask ``M ~ Bernoulli(1 - alpha)`` shared by the

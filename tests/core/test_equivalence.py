@@ -1,4 +1,4 @@
-"""camwidgets equals pytorch-grad-cam 1.5 (SPEC §1-2) at feature resolution.
+"""camwidgets equals pytorch-grad-cam 1.5 at feature resolution.
 
 pytorch-grad-cam's ``BaseCAM.__call__`` returns maps resized with cv2, so the reference
 maps here are taken before that step: its own hooks (``ActivationsAndGradients``) record

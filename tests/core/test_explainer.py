@@ -155,7 +155,7 @@ def test_fusioncam_result_is_the_spec_formula(exp: Explainer) -> None:
     assert set(b) >= {"gradient_raw", "region_raw", "combined_raw", "gradient", "region", "combined",
                       "region_final"}
     assert abs(b["gradient"] + b["region"] - 1) < 1e-6 and abs(b["combined"] + b["region_final"] - 1) < 1e-6
-    # Step 3 and 4 from the stored intermediates (SPEC §4).
+    # Step 3 and 4 from the stored intermediates (docs/methods.md, Fusion-CAM).
     l_gr = _norm(b["gradient"] * res.gradient_map + b["region"] * res.region_map)
     np.testing.assert_allclose(res.combined_map, l_gr, atol=1e-6)
     l1, l2 = b["combined"] * res.combined_map, b["region_final"] * res.region_map
@@ -238,7 +238,7 @@ def test_trained_demo_model_end_to_end() -> None:
         assert res.map.min() == 0.0 and res.map.max() == pytest.approx(1.0)
     # I-CAM with the defaults can be blank on this model: alpha=0.4 flips every perturbation's
     # prediction, so MDS = 0, every S_l = 0 and the selection falls back to layer1.0, whose
-    # "channel"-bias map the ReLU clips to 0 (SPEC §5 formulas; reported to the lead).
+    # "channel"-bias map the ReLU clips to 0 (the I-CAM formulas).
     res = exp.icam()
     assert res.map.shape == (128, 128) and np.isfinite(res.map).all()
     assert 0 <= res.map.min() <= res.map.max() <= 1

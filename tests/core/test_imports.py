@@ -1,4 +1,4 @@
-"""One-way imports: the compute core never loads the widget stack (STYLE.md practice 1)."""
+"""One-way imports: the compute core never loads the widget stack (the core's import rule)."""
 
 from __future__ import annotations
 

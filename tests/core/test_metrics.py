@@ -1,4 +1,4 @@
-"""Known-answer tests for camwidgets.core.metrics (SPEC §6).
+"""Known-answer tests for camwidgets.core.metrics (docs/methods.md, "Metrics").
 
 Hand-built models whose softmax probability is a chosen function of the input make
 every value below computable on paper; the comments give the arithmetic.
