@@ -1,25 +1,34 @@
-r"""UnionCAM (Hu et al. 2024, paper ``003_*``) and Fusion-CAM (paper ``004_*``) as pure functions.
+r"""UnionCAM and Fusion-CAM as pure functions.
 
-SPEC §3-4. Nothing here runs a model: the contributions ``β`` need forward passes, which
+References: H. Hu, R. Wang, H. Lin, H. Yu, "UnionCAM: enhancing CNN interpretability
+through denoising, weighted fusion, and selective high-quality class activation mapping",
+Frontiers in Neurorobotics, 2024, doi:10.3389/fnbot.2024.1490198; H. Dekdegue,
+M. Garouani, J. Mothe, J. Bernigaud, "Fusion-CAM: Integrating Gradient and Region-Based
+Class Activation Maps for Robust Visual Explanations", 2026, arXiv:2603.05386. Equation
+numbers below are UnionCAM's.
+
+Nothing here runs a model: the contributions ``β`` need forward passes, which
 the caller supplies as a function (:func:`contributions`, or ``beta_fn`` in
 :func:`run_unioncam` / :func:`run_fusioncam`).
 
 Contribution (UnionCAM eq. 4-5, 7)
     ``β(L) = Y_c(x ⊙ L) − Y_c(baseline)`` with ``Y = softmax(S)`` and ``L`` a normalised
-    ``(H, W)`` map. The masking space and the baseline are the caller's choice (SPEC §3:
-    ``"black"`` — the mask multiplies the pixel image and the baseline is a black image;
+    ``(H, W)`` map. The masking space and the baseline are the caller's choice
+    (``"black"`` — the mask multiplies the pixel image and the baseline is a black image;
     ``"zeros"`` — the mask multiplies the model input ``x`` and the baseline is zeros in
     model-input space, which is what the official Fusion-CAM code does).
 
-UnionCAM (SPEC §3)
+UnionCAM
     1. :func:`denoise_gradients` (eq. 1): per channel of ``W = g``, values below the
        channel's θ-th percentile become 0.
     2. :func:`unioncam_denoised_map` (eq. 2-3): ``L_D = sum_k α_k ∘ ReLU(W_k) ∘ A_k``.
-    3. :func:`union_map` (eq. 6): ``L_DR = β_D L_D + β_R L_R`` with the raw ``β``.
+    3. :func:`union_map` (eq. 6): ``L_DR = β_D' L_D + β_R' L_R`` with
+       ``(β_D', β_R') =`` :func:`union_weights` ``(β_D, β_R)``: each raw ``β`` clamped at
+       0, ``(½, ½)`` when both are ``<= 0`` (a guard, as Fusion-CAM's; see below).
     4. :func:`union_select` (eq. 8): ``L_DR`` if ``β_DR > β_R`` else ``L_R``, where
        ``β_DR = β(normalise(L_DR))`` (eq. 7).
 
-Fusion-CAM (SPEC §4; reference: ``src/cams_methods/fusioncam.py`` of
+Fusion-CAM (reference implementation: ``src/cams_methods/fusioncam.py`` of
 github.com/codeforpaper64/Fusion-CAM)
     1. :func:`denoise_map`: ``L_g`` (normalised gradient map) below its θ-th percentile -> 0.
     2. ``L_r``: normalised region map (given).
@@ -28,7 +37,7 @@ github.com/codeforpaper64/Fusion-CAM)
        ``L_gr = normalise(β_g L_g + β_r L_r)``.
     4. :func:`fuse`: ``(β_gr', β_r') = fusion_weights(β_gr^raw, β_r)`` where ``β_r`` is
        **step 3's rescaled** ``β_r`` (the official code overwrites ``β_region`` with its
-       normalised value in step 3 and reuses it here; SPEC §4 writes the same symbol);
+       normalised value in step 3 and reuses it here; the paper writes the same symbol);
        ``L1 = β_gr' L_gr``, ``L2 = β_r' L_r``, ``sim = clip(1 − |L1 − L2|, 0, 1)``,
        ``F = normalise(sim · max(L1, L2) + (1 − sim) · (L1 + L2) / 2)``.
 
@@ -38,8 +47,8 @@ Forward passes and caching (what a θ change costs)
     the zero baseline ``Ib``, ``x ⊙ L_g``, ``x ⊙ L_r``, and — after ``β_g`` and ``β_r`` are
     known and ``L_gr`` is built from them — ``x ⊙ L_gr``. ``L_gr`` depends on ``β_g`` (a
     model output), so ``β_gr`` **cannot** join the first batch: at least two dependent
-    passes are needed. SPEC's "the three contribution forward passes run as one batch"
-    holds for the first three (baseline, ``L_g``, ``L_r``: one batch of three images);
+    passes are needed. Only the first three contribution passes can run as one batch
+    (baseline, ``L_g``, ``L_r``: one batch of three images);
     ``L_gr`` is necessarily a second pass. Only ``L_g`` depends on θ: the baseline
     probability, ``L_r`` and ``β_r^raw`` are cached across θ. **A θ change therefore
     costs exactly two single-image forwards**, one after the other (``β_g^raw`` of the
@@ -48,12 +57,21 @@ Forward passes and caching (what a θ change costs)
     change costs the same two (``β_D`` then ``β_DR``). :func:`run_fusioncam` and
     :func:`run_unioncam` accept the cached raw ``β_r`` to skip ``L_r``'s pass.
 
-Departures from the official code (each follows SPEC or the paper)
+Departures from the papers and the official code
     * :func:`fusion_weights` clamps each ``β`` at 0 before rescaling and has no ``1e-8``;
       the official ``a / (a + b + 1e-8)`` does not clamp (a negative ``β`` yields a weight
       outside ``[0, 1]``) and differs by ``≤ 1e-8 / (a + b)`` relative otherwise.
     * UnionCAM's ``α_k`` has no ``+ 1e-8`` in its denominator (eq. 3 as written; the
       official code adds it); an all-non-positive channel gets ``α = 0``.
+    * UnionCAM's union (eq. 6) clamps ``β_D`` and ``β_R`` at 0 before weighting (equal
+      weights ``½`` when both are ``<= 0``), as Fusion-CAM's :func:`fusion_weights` does.
+      Eq. 6 as printed uses the raw ``β``; when both are negative — a class the masked
+      images make *less* likely than the baseline does, usual for a non-predicted class —
+      ``L_DR`` is then a negative multiple of (roughly) the maps and normalises to their
+      **inverse**, and eq. 8 often selects it. Measured on the demo model
+      (``Shapes(4, seed=0)``, every non-predicted class): without the guard 23 of 28
+      UnionCAM maps correlate at −0.96 to −1.00 with ``L_R``; with it all 28 correlate
+      at +0.99 to +1.00.
     * UnionCAM's selection returns ``L_DR`` or ``L_R`` as eq. 8 writes them; the official
       code multiplies the selected map by its ``β`` before normalising (which inverts it
       when that ``β`` is negative).
@@ -85,6 +103,7 @@ __all__ = [
     "similarity",
     "union_map",
     "union_select",
+    "union_weights",
     "unioncam_denoised_map",
 ]
 
@@ -219,27 +238,61 @@ def contributions(
     return probs - base
 
 
+def union_weights(beta_d: float | torch.Tensor, beta_r: float | torch.Tensor) -> tuple[float, float]:
+    r"""The weights of UnionCAM's union: each raw contribution clamped at 0.
+
+    .. math:: (\beta_D', \beta_R') = (\max(\beta_D, 0), \max(\beta_R, 0)),\qquad
+              (\beta_D', \beta_R') = (\tfrac12, \tfrac12) \text{ if both are} \le 0
+
+    A guard on eq. 6, the clamp Fusion-CAM applies (:func:`fusion_weights`) without its
+    rescaling to sum 1 (which changes no normalised map): a negative ``β`` would subtract
+    its map, and two negative ones would invert the union.
+
+    Parameters
+    ----------
+    beta_d, beta_r : float
+        Raw contributions ``β_D``, ``β_R`` (eq. 4-5), possibly negative.
+
+    Returns
+    -------
+    (float, float)
+        Non-negative, not both 0.
+    """
+    d = max(float(beta_d), 0.0)
+    r = max(float(beta_r), 0.0)
+    if d + r > 0.0:
+        return d, r
+    return 0.5, 0.5
+
+
 def union_map(
     l_d: torch.Tensor, l_r: torch.Tensor, beta_d: float | torch.Tensor, beta_r: float | torch.Tensor
 ) -> torch.Tensor:
-    r"""UnionCAM's union (eq. 6): ``L_DR = β_D · L_D + β_R · L_R`` with the **raw** ``β``.
+    r"""UnionCAM's union (eq. 6) with the contributions clamped at 0.
 
-    Exactly as written: no clamping, no rescaling, no normalisation (a negative ``β``
-    subtracts its map). Normalise the result before using it as a mask for ``β_DR``
-    (eq. 7).
+    .. math:: L_{DR} = \beta_D' L_D + \beta_R' L_R,\qquad
+              (\beta_D', \beta_R') = \mathrm{union\_weights}(\beta_D, \beta_R)
+
+    Eq. 6 uses the raw ``β``; here each is clamped at 0 and both become ``½`` when both
+    are ``<= 0`` (:func:`union_weights`). Without the clamp, a class whose contributions
+    are negative (usually every non-predicted class) gets ``L_DR`` = a negative
+    combination of the two maps, which normalises to their inverse. No rescaling, no
+    normalisation: normalise the result before using it as a mask for ``β_DR`` (eq. 7).
 
     Parameters
     ----------
     l_d, l_r : Tensor, shape ``(..., H, W)``
         Normalised denoised and region maps.
     beta_d, beta_r : float
-        Raw contributions (eq. 4-5).
+        **Raw** contributions (eq. 4-5); the clamp is applied here.
 
     Returns
     -------
     Tensor, shape ``(..., H, W)``, ``l_d``'s dtype
+        Non-negative where ``l_d`` and ``l_r`` are.
     """
-    out = float(beta_d) * l_d.to(_F64) + float(beta_r) * l_r.to(l_d.device, _F64)
+    wd, wr = union_weights(beta_d, beta_r)
+    out = wd * l_d.to(_F64) + wr * l_r.to(l_d.device, _F64)
     return out.to(l_d.dtype)
 
 
@@ -453,7 +506,7 @@ def run_fusioncam(
     theta: float = 10,
     beta_r_raw: float | None = None,
 ) -> FusionCAMSteps:
-    """Fusion-CAM steps 1-4 (SPEC §4) given the two normalised maps and a contribution function.
+    """Fusion-CAM steps 1-4 given the two normalised maps and a contribution function.
 
     Calls ``beta_fn`` exactly twice, one after the other: ``[L_g, L_r]`` (or ``[L_g]`` when
     the cached, θ-independent ``beta_r_raw`` is given), then ``[L_gr]`` — ``L_gr`` needs

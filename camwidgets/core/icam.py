@@ -1,4 +1,8 @@
-r"""Integrative CAM (I-CAM; Singh et al., paper ``000_*``) as pure functions (SPEC §5).
+r"""Integrative CAM (I-CAM) as pure functions.
+
+Reference: A. K. Singh, D. Chaudhuri, M. P. Singh, S. Chattopadhyay, "Integrative CAM:
+Adaptive Layer Fusion for Comprehensive Interpretation of CNNs", 2024, arXiv:2412.01354.
+Equation numbers below are that paper's.
 
 Nothing here runs a model. The caller (:class:`~camwidgets.core.explainer.Explainer`)
 captures, for the original image and for ``n`` perturbed copies, the activation ``A`` and
@@ -9,26 +13,47 @@ input gradient ``∂S_c/∂x`` and the class probabilities, and calls:
 2. :func:`svim`, :func:`mds`, :func:`perturbation_weights` — ``w_i`` (eq. 5-10);
 3. :func:`input_saliency`, :func:`layer_phi`, :func:`layer_scores` — ``S_l`` (eq. 3);
 4. :func:`select_layers` — the kept layers and ``W_l`` (eq. 11-14);
-5. :func:`icam_layer_map` (with :func:`icam_weights`, :func:`icam_bias`) — ``L_l`` (eq. 25-31);
+5. :func:`icam_layer_map` (with :func:`icam_weights`, :func:`icam_bias`) — ``L_l`` (eq. 20, 25-31);
 6. :func:`combine` — ``L_I-CAM = normalise(sum_l W_l L_l)`` (eq. 21).
+
+The per-layer map and its bias
+------------------------------
+With a bias (``"channel"``, eq. 27, the default; or ``"spatial"``, eq. 28) the layer map
+is eq. 20 as printed, ``L = sum_k w_k ⊙ A_k + sum_k b_k``, **without a ReLU**; with
+``bias="none"`` it is ``ReLU(sum_k w_k ⊙ A_k)``, as in LayerCAM. The caller upsamples and
+min-max normalises it. Why no ReLU with a bias: the channel bias sums to one constant
+per layer, ``K·S_c − sum_k (sum_ij w_k)(sum_ij A_k)``, which is negative whenever the
+target logit ``S_c`` is (any non-predicted class, usually), and then ``ReLU`` makes the
+map of every layer all zeros; min-max normalisation removes a uniform constant anyway.
+So ``"channel"`` is ``normalise(sum_k w_k A_k)``: it equals ``"none"`` unless
+``sum_k w_k A_k < 0`` somewhere, which happens because ``w`` can be negative:
+``tanh(α) < 0``, typically where ``f'' < 0``, i.e. for ``Y_c > 0.5``. ``"spatial"``
+adds ``−sum_k w_k(i,j) sum_ab A_k(a,b)``, which varies per pixel, usually dominates and
+tends to invert the map (see :func:`icam_bias` for measured figures).
 
 Precision
 ---------
-``α``, the weights ``w`` and the bias are computed in **float64**: the bias of eq. 27
-is a large offset (``K·S_c`` minus a sum, e.g. ``2048 × 15 ≈ 3·10⁴``) added to map
-values that may be ``~10⁻⁶``, which float32 would erase. :func:`icam_layer_map` therefore
-returns a float64 raw map; normalise it (:func:`camwidgets.core._ops.normalize`) before
-casting to float32. Pass ``Y_c`` computed in float64 (softmax of float64 logits): with
-float32 probabilities a confident prediction rounds to ``Y_c = 1`` and ``f'(S_c) =
-Y(1 − Y) = 0`` makes every weight 0. Everything else works in float32.
+``α``, the weights ``w`` and the maps are computed in **float64**. The bias's uniform
+part (``K·S_c``, e.g. ``2048 × 15 ≈ 3·10⁴``, minus a sum) would be a large offset on map
+values that may be ``~10⁻⁶`` (``w`` carries the factor ``Y_c(1 − Y_c)``, tiny for an
+unlikely class); it cancels in the normalisation, so :func:`icam_layer_map` does not add
+it unless asked (``constant=True``). Normalise the raw map before casting to float32.
+Pass ``Y_c`` computed in float64 (softmax of float64 logits): with float32 probabilities
+a confident prediction rounds to ``Y_c = 1`` and ``f'(S_c) = Y(1 − Y) = 0`` makes every
+weight 0. Everything else works in float32.
 
-Derivatives of the smooth function
-----------------------------------
-``f`` is the softmax seen as a function of the target logit alone (eq. 29), the other
-logits held fixed, so that ``∂ⁿY_c/∂A_{kij}ⁿ = f⁽ⁿ⁾(S_c) g_{kij}ⁿ`` (eq. 24) whenever
-``S_c`` is linear in ``A`` (e.g. the last block before a GAP + linear head). Through a
-head whose *other* logits also depend on ``A``, the full softmax's derivatives differ
-(they pick up cross terms); eq. 24-25 then are the paper's approximation.
+Derivatives of the smooth function: where the closed form is exact
+------------------------------------------------------------------
+``f`` is the softmax seen as a function of the target logit alone (eq. 29), **the other
+logits held fixed**, as the paper's derivation treats it. Then
+``∂ⁿY_c/∂A_{kij}ⁿ = f⁽ⁿ⁾(S_c) g_{kij}ⁿ`` (eq. 24) and the closed-form ``α`` (eq. 25, 30)
+equals eq. 17 exactly whenever ``S_c`` is linear in ``A`` (e.g. the last block before a
+GAP + linear head). With the full softmax the other logits move with ``A`` too (through
+any multi-class head, a GAP + linear one included), the true derivatives pick up cross
+terms, and eq. 24-25 are an **approximation**: on the demo model's ``layer4.1``
+(``Shapes(4, seed=0)`` images, predicted and least likely class) ``f''(S_c) g²``
+differs from the full softmax's ``∂²Y_c/∂A²`` by 48-75 % (relative L2 norm over all
+``K·h·w`` entries), and single entries can differ in sign.
 """
 
 from __future__ import annotations
@@ -184,7 +209,7 @@ def mds(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
 
     Probabilities are clamped at :data:`MDS_PROB_FLOOR` (``1e-12``) before the logarithm
     (not renormalised). The clip to ``[0, 1]`` departs from the paper's eq. 9 (which can go
-    negative, making ``w_i = sqrt(SVIM · MDS)`` imaginary; SPEC §5). MDS is symmetric and
+    negative, making ``w_i = sqrt(SVIM · MDS)`` imaginary). MDS is symmetric and
     equals 1 for identical distributions. Computed in float64.
 
     Parameters
@@ -232,7 +257,7 @@ def input_saliency(image: torch.Tensor, input_grad: torch.Tensor) -> torch.Tenso
 
     ``‖·‖`` is the Euclidean (Frobenius) norm over the channel dimension. ``I`` is the
     pixel image in ``[0, 1]`` and ``∂S_c/∂x`` the gradient of the target logit with
-    respect to the model input ``x`` (SPEC §5).
+    respect to the model input ``x``.
 
     Parameters
     ----------
@@ -470,8 +495,9 @@ def icam_alpha(activations: torch.Tensor, grads: torch.Tensor, y_c: float | torc
 
     As in Grad-CAM++ (and pytorch-grad-cam), ``sum_ij A`` is the channel's spatial sum
     multiplying the pixel's ``g³``. This equals eq. 17 — ``∂²Y_c/∂A²`` over
-    ``2 ∂²Y_c/∂A² + ΣA ∂³Y_c/∂A³`` — exactly when ``S_c`` is linear in ``A`` (see the
-    module notes).
+    ``2 ∂²Y_c/∂A² + ΣA ∂³Y_c/∂A³`` — exactly only with the other logits held fixed and
+    ``S_c`` linear in ``A``; with the full softmax (the other logits move with ``A``) it
+    is an approximation (see the module notes for how far off it is on the demo model).
 
     Evaluation: every term carries the factor ``Y(1 − Y)``; it is divided out
     (``f'' = Y(1−Y)(1−2Y)``, ``f''' = Y(1−Y)(1−6Y+6Y²)``) so that ``Y`` near 0 or 1 loses
@@ -526,33 +552,61 @@ def icam_weights(activations: torch.Tensor, grads: torch.Tensor, y_c: float | to
     return torch.tanh(alpha) * torch.relu(y * (1.0 - y) * grads.detach().to(_F64))
 
 
+def _bias_parts(
+    a: torch.Tensor, w: torch.Tensor, s_c: float | torch.Tensor, kind: str
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``sum_k b_k`` split into its uniform part ``(..., 1, 1)`` and the part that varies per pixel.
+
+    ``a`` and ``w`` are float64 ``(..., K, h, w)``. The varying part is ``(..., h, w)`` for
+    ``"spatial"`` and zeros ``(..., 1, 1)`` otherwise.
+    """
+    if kind not in ("channel", "spatial", "none"):
+        raise ValueError(f"bias must be 'channel', 'spatial' or 'none', got {kind!r}.")
+    zero = torch.zeros((*a.shape[:-3], 1, 1), dtype=_F64, device=a.device)
+    if kind == "none":
+        return zero, zero
+    s = _per_item(s_c, a, "s_c")
+    s = s if s.dim() == 0 else s[..., 0]  # (..., 1, 1)
+    k = a.shape[-3]
+    sum_a = a.sum(dim=(-2, -1), keepdim=True)  # (..., K, 1, 1)
+    if kind == "channel":
+        return k * s - (w.sum(dim=(-2, -1), keepdim=True) * sum_a).sum(dim=-3), zero
+    return k * s + zero, -(w * sum_a).sum(dim=-3)
+
+
 def icam_bias(
     activations: torch.Tensor, weights: torch.Tensor, s_c: float | torch.Tensor, kind: Bias = "channel"
 ) -> torch.Tensor:
     r"""The I-CAM bias added to the weighted activations, summed over channels (eq. 27 / 28).
 
-    The per-layer map is ``L = ReLU(sum_k (w_k ⊙ A_k + b_k))`` (eq. 20), so the bias that
-    enters is ``B = sum_k b_k``:
+    The per-layer map is eq. 20, ``L = sum_k (w_k ⊙ A_k + b_k)`` (no ReLU: see
+    :func:`icam_layer_map`), so the bias that enters is ``B = sum_k b_k``:
 
     * ``"channel"`` (eq. 27): ``b_k = S_c − (sum_ij w_kij)(sum_ij A_kij)``, one number per
       channel, so ``B = K·S_c − sum_k (sum_ij w_kij)(sum_ij A_kij)`` is **one constant for
-      the whole layer**. After min-max normalisation a uniform offset cancels; it changes
-      the map only through the ReLU (a negative ``B`` clips low values, and a map that is
-      entirely ``<= 0`` becomes all zeros). It is usually a large positive number
-      (``K·S_c``), which is why it is computed in float64.
+      the whole layer**, cancelled by min-max normalisation. It is negative whenever
+      ``S_c`` is (usually every non-predicted class), which is why the map has no ReLU:
+      ``ReLU(sum_k w_k A_k + B)`` would be all zeros on every layer for those classes.
+      What distinguishes ``"channel"`` from ``"none"`` is therefore the missing ReLU, not
+      the constant: they differ wherever ``sum_k w_k A_k < 0``, which needs some
+      ``w < 0`` (``tanh(α) < 0``: typically where ``f'' < 0``, i.e. ``Y_c > 0.5``; with
+      ``A >= 0`` never for ``Y_c < (3 − √3)/6 ≈ 0.21``, where ``f''`` and ``f'''`` are
+      both positive). On the demo model (``Shapes(4, seed=0)``, default parameters) the
+      final maps of the four predicted classes differ by 0.08-0.20 (max abs); those of
+      the 28 non-predicted classes (all ``Y_c < 0.03``) are identical.
     * ``"spatial"`` (eq. 28): ``b_k(i,j) = S_c − w_kij · sum_ab A_kab``, so
       ``B(i,j) = K·S_c − sum_k w_kij sum_ab A_kab``. Then
       ``sum_k w_k A_k + B = K·S_c + sum_k w_kij (A_kij − sum_ab A_kab)``; for non-negative
       ``A`` the bracket is ``<= 0`` and largest in magnitude where ``w`` is large, so this
       bias usually dominates and **inverts** the map (high weight -> low value). At the
       last block before a GAP + linear head ``g`` (hence ``w``) is constant over the
-      pixels of each channel, so there the spatial bias is uniform too and only matters
-      through the ReLU. (On the demo model: correlation with the ``"none"`` map −0.7 to
-      −0.8 at ``layer3.*``, 1.0 at ``layer4.1``; ``"channel"`` equals ``"none"`` after
-      normalisation to ~1e-12.)
+      pixels of each channel, so there the spatial bias is uniform too and the map equals
+      ``"channel"``'s. On the demo model: correlation of the ``"spatial"`` layer map with
+      the ``"channel"`` one (``Shapes(4, seed=0)``, every class, ``T = 1``) is −0.93 to
+      −0.16 on every block before ``layer4.1`` and +1.00 at ``layer4.1``.
     * ``"none"``: ``B = 0``.
 
-    The equations are implemented as written (SPEC §5).
+    Implemented as printed: eq. 20 has no ReLU, and none is added when there is a bias.
 
     Parameters
     ----------
@@ -570,17 +624,8 @@ def icam_bias(
         broadcastable against the map.
     """
     a, w = _f64_pair(activations, weights, "weights")
-    s = _per_item(s_c, a, "s_c")
-    s = s if s.dim() == 0 else s[..., 0]  # (..., 1, 1)
-    k = a.shape[-3]
-    sum_a = a.sum(dim=(-2, -1), keepdim=True)  # (..., K, 1, 1)
-    if kind == "channel":
-        return k * s - (w.sum(dim=(-2, -1), keepdim=True) * sum_a).sum(dim=-3)
-    if kind == "spatial":
-        return k * s - (w * sum_a).sum(dim=-3)
-    if kind == "none":
-        return torch.zeros((*a.shape[:-3], 1, 1), dtype=_F64, device=a.device)
-    raise ValueError(f"bias must be 'channel', 'spatial' or 'none', got {kind!r}.")
+    uniform, varying = _bias_parts(a, w, s_c, kind)
+    return uniform + varying
 
 
 def icam_layer_map(
@@ -589,14 +634,26 @@ def icam_layer_map(
     y_c: float | torch.Tensor,
     s_c: float | torch.Tensor,
     bias: Bias = "channel",
+    *,
+    constant: bool = False,
 ) -> torch.Tensor:
     r"""Raw I-CAM map of one layer (eq. 20, 26-31) at feature resolution.
 
-    .. math:: L = \mathrm{ReLU}\Big(\sum_k w_k \odot A_k + \sum_k b_k\Big)
+    .. math::
+        L = \sum_k w_k \odot A_k + \sum_k b_k \quad(\text{bias "channel" or "spatial"}),\qquad
+        L = \mathrm{ReLU}\Big(\sum_k w_k \odot A_k\Big) \quad(\text{bias "none"})
 
-    with ``w`` from :func:`icam_weights` and the bias from :func:`icam_bias`. The sum and
-    the bias are added in **float64** (the bias is a large offset; see the module notes).
-    The caller upsamples and normalises (SPEC §5).
+    with ``w`` from :func:`icam_weights` and ``b`` from :func:`icam_bias`. With a bias
+    there is **no ReLU** (eq. 20 as printed): the channel bias is one constant per layer
+    that is negative whenever ``S_c`` is, and a ReLU would then zero the map of every
+    layer of (usually) every non-predicted class. Without a bias the map is LayerCAM's
+    ``ReLU`` form.
+
+    The bias's uniform part (``K·S_c`` for ``"spatial"``, the whole bias for
+    ``"channel"``) cancels in the min-max normalisation every caller applies, and is a
+    large offset next to map values that can be ``~10⁻⁶``, so it is **left out** unless
+    ``constant=True``; ``normalise`` of both results is the same (up to the rounding the
+    offset causes). Computed in float64. The caller upsamples and normalises.
 
     Parameters
     ----------
@@ -605,18 +662,29 @@ def icam_layer_map(
     y_c : float or Tensor
         ``Y_c = softmax(S)_c`` (float64 recommended).
     s_c : float or Tensor
-        Target logit ``S_c``.
+        Target logit ``S_c`` (only enters the uniform part, so only with ``constant=True``).
     bias : {"channel", "spatial", "none"}
         Default ``"channel"`` (eq. 27; preferred by the paper's survey).
+    constant : bool
+        Add the bias's uniform part as well (eq. 20 verbatim). Default False.
 
     Returns
     -------
-    Tensor, shape ``(..., h, w)``, float64, values ``>= 0``
-        Not normalised; normalise before casting to float32.
+    Tensor, shape ``(..., h, w)``, float64
+        Not normalised (``>= 0`` only for ``"none"``); normalise before casting to float32.
+        A layer's map is constant (all zeros after normalisation) only when its evidence
+        is: e.g. every ``w`` is 0, or for ``"none"`` ``sum_k w_k A_k <= 0`` everywhere.
     """
+    if bias not in ("channel", "spatial", "none"):
+        raise ValueError(f"bias must be 'channel', 'spatial' or 'none', got {bias!r}.")
     w = icam_weights(activations, grads, y_c)
     a = activations.detach().to(_F64)
-    return torch.relu((w * a).sum(dim=-3) + icam_bias(a, w, s_c, bias))
+    weighted = (w * a).sum(dim=-3)
+    if bias == "none":
+        return torch.relu(weighted)
+    uniform, varying = _bias_parts(a, w, s_c, bias)
+    out = weighted + varying
+    return out + uniform if constant else out
 
 
 def combine(layer_maps: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:

@@ -1,4 +1,4 @@
-"""UnionCAM (SPEC §3) and Fusion-CAM (SPEC §4) against independent float64 numpy references."""
+"""UnionCAM and Fusion-CAM against independent float64 numpy references."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ def _np_weights(a: float, b: float) -> tuple[float, float]:
 
 
 def _np_fusion(lg: np.ndarray, lr: np.ndarray, bg: float, br: float, bgr: float) -> dict[str, np.ndarray]:
-    """SPEC §4 steps 3-4 in float64 numpy, given the (denoised) L_g, L_r and the raw betas."""
+    """Fusion-CAM steps 3-4 in float64 numpy, given the (denoised) L_g, L_r and the raw betas."""
     wg, wr = _np_weights(bg, br)
     lgr = _np_norm(wg * lg + wr * lr)
     wgr, wr2 = _np_weights(bgr, wr)  # step 4 rescales (beta_gr, step-3 beta_r), as the official code
@@ -105,7 +105,7 @@ def test_denoise_map_equals_numpy_percentile_rule() -> None:
         np.testing.assert_allclose(fusion.denoise_map(torch.tensor(m), theta).numpy(), ref, atol=0)
     # Hand value: percentile 50 of [0, .2, .4, .6, .8, 1] is 0.5.
     out = fusion.denoise_map(torch.tensor(HAND), 50)
-    np.testing.assert_allclose(out.numpy(), [[0, 0, 0], [0.6, 0.8, 1.0]])
+    np.testing.assert_allclose(out.numpy(), np.array([[0, 0, 0], [0.6, 0.8, 1.0]]))
     with pytest.raises(ValueError):
         fusion.denoise_map(torch.tensor(HAND), 120)
 
@@ -186,30 +186,76 @@ def test_unioncam_denoised_map_numpy_reference_batched() -> None:
     np.testing.assert_allclose(out.numpy(), ref, rtol=1e-12, atol=1e-15)
 
 
-def test_union_and_selection_exactly_as_written() -> None:
+def _np_union_weights(bd: float, br: float) -> tuple[float, float]:
+    """UnionCAM's guard: each beta clamped at 0, (1/2, 1/2) when both are <= 0 (no rescaling)."""
+    d, r = max(bd, 0.0), max(br, 0.0)
+    return (d, r) if d + r > 0 else (0.5, 0.5)
+
+
+@pytest.mark.parametrize(("bd", "br", "expected"), [
+    (0.2, 0.3, (0.2, 0.3)),  # both positive: eq. 6 unchanged
+    (-0.1, 0.3, (0.0, 0.3)),  # a negative beta no longer subtracts its map
+    (0.4, -0.2, (0.4, 0.0)),
+    (-0.1, -0.3, (0.5, 0.5)),  # both negative: equal weights, not an inverted union
+    (0.0, 0.0, (0.5, 0.5)),
+    (0.0, -1e-9, (0.5, 0.5)),
+])
+def test_union_weights_clamp_at_zero(bd: float, br: float, expected: tuple[float, float]) -> None:
+    assert fusion.union_weights(bd, br) == expected
+    assert fusion.union_weights(torch.tensor(bd), torch.tensor(br)) == pytest.approx(expected)
     ld, lr = (torch.tensor(m) for m in _maps(9))
-    # eq. 6 with raw (even negative) betas, no normalisation.
-    torch.testing.assert_close(fusion.union_map(ld, lr, -0.1, 0.3), -0.1 * ld + 0.3 * lr)
+    torch.testing.assert_close(fusion.union_map(ld, lr, bd, br), expected[0] * ld + expected[1] * lr)
+
+
+def test_union_of_negative_contributions_is_not_inverted() -> None:
+    """Both betas < 0 (a class the masked images make less likely than the baseline).
+
+    Eq. 6 with the raw betas gives a negative multiple of the maps, whose normalisation is
+    their inverse (correlation -1 with L_R when L_D ~ L_R); the clamp keeps their sum.
+    """
+    ld, lr = (torch.tensor(m) for m in _maps(10))
+    ld = 0.9 * lr + 0.1 * ld  # the denoised map usually resembles the region map
+    raw = -0.06 * ld + -0.05 * lr
+    assert np.corrcoef(_np_norm(raw.numpy()).ravel(), lr.numpy().ravel())[0, 1] < -0.99  # the bug
+    union = fusion.union_map(ld, lr, -0.06, -0.05)
+    torch.testing.assert_close(union, 0.5 * ld + 0.5 * lr)
+    assert np.corrcoef(_np_norm(union.numpy()).ravel(), lr.numpy().ravel())[0, 1] > 0.99
+    # Through the pipeline, with beta_DR > beta_R so that eq. 8 selects the union.
+    answers = iter([torch.tensor([-0.06, -0.05]), torch.tensor([-0.01])])
+    steps = fusion.run_unioncam(ld, lr, lambda maps: next(answers))
+    assert (steps.beta_d, steps.beta_r, steps.beta_dr) == pytest.approx((-0.06, -0.05, -0.01))
+    assert steps.choice == "union" and float(steps.union.min()) >= 0
+    assert np.corrcoef(steps.map.numpy().ravel(), lr.numpy().ravel())[0, 1] > 0.99
+
+
+def test_union_and_selection_as_written_with_the_clamp() -> None:
+    ld, lr = (torch.tensor(m) for m in _maps(9))
+    # eq. 6 with non-negative betas: unchanged, no normalisation.
+    torch.testing.assert_close(fusion.union_map(ld, lr, 0.1, 0.3), 0.1 * ld + 0.3 * lr)
     # eq. 8: strict '>'.
     ldr = fusion.union_map(ld, lr, 0.2, 0.3)
     assert fusion.union_select(ldr, lr, 0.31, 0.3)[1] == "union"
     chosen, choice = fusion.union_select(ldr, lr, 0.3, 0.3)
     assert choice == "region" and chosen is lr
-    # Pipeline: beta of the normalised union decides.
-    calls: list[int] = []
+    # Pipeline: beta of the normalised union decides; the union uses the clamped betas.
+    for offset in (0.2, 0.45, 0.7):  # betas of both signs
+        calls: list[int] = []
 
-    def beta_fn(maps: torch.Tensor) -> torch.Tensor:
-        calls.append(maps.shape[0])
-        return maps.mean(dim=(-2, -1)) - 0.2
+        def beta_fn(maps: torch.Tensor, offset: float = offset, calls: list[int] = calls) -> torch.Tensor:
+            calls.append(maps.shape[0])
+            return maps.mean(dim=(-2, -1)) - offset
 
-    steps = fusion.run_unioncam(ld, lr, beta_fn)
-    assert calls == [2, 1]
-    bd, br = float(ld.mean()) - 0.2, float(lr.mean()) - 0.2
-    ref_union = bd * ld.numpy() + br * lr.numpy()
-    bdr = _np_norm(ref_union).mean() - 0.2
-    np.testing.assert_allclose(steps.union.numpy(), ref_union, atol=1e-12)
-    assert steps.beta_dr == pytest.approx(bdr) and steps.choice == ("union" if bdr > br else "region")
-    np.testing.assert_allclose(steps.map.numpy(), _np_norm(ref_union if bdr > br else lr.numpy()), atol=1e-12)
+        steps = fusion.run_unioncam(ld, lr, beta_fn)
+        assert calls == [2, 1]
+        bd, br = float(ld.mean()) - offset, float(lr.mean()) - offset
+        wd, wr = _np_union_weights(bd, br)
+        ref_union = wd * ld.numpy() + wr * lr.numpy()
+        bdr = _np_norm(ref_union).mean() - offset
+        np.testing.assert_allclose(steps.union.numpy(), ref_union, atol=1e-12)
+        assert steps.beta_d == pytest.approx(bd) and steps.beta_r == pytest.approx(br)  # raw betas reported
+        assert steps.beta_dr == pytest.approx(bdr) and steps.choice == ("union" if bdr > br else "region")
+        np.testing.assert_allclose(steps.map.numpy(), _np_norm(ref_union if bdr > br else lr.numpy()),
+                                   atol=1e-12)
 
 
 def test_contributions_both_calling_conventions() -> None:

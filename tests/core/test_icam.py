@@ -1,4 +1,4 @@
-"""I-CAM math (000_*, SPEC §5): closed-form alpha vs autograd, selection, SVIM/MDS, bias."""
+"""I-CAM math (Integrative CAM, Singh et al. 2024, arXiv:2412.01354): alpha vs autograd, bias, selection, SVIM/MDS."""
 
 from __future__ import annotations
 
@@ -32,12 +32,14 @@ def _diag_derivatives(fn, a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, 
 def _gap_linear(zero_other_rows: bool = False) -> tuple[torch.Tensor, nn.Linear, int]:
     """Last block (conv + ReLU) of a tiny CNN, its activation A (K=4, 5x5) and a GAP + linear head."""
     gen = torch.Generator().manual_seed(0)
-    block = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU()).to(F64)
+    conv = nn.Conv2d(3, 4, 3, padding=1)
+    block = nn.Sequential(conv, nn.ReLU()).to(F64)
     head = nn.Linear(4, 3).to(F64)
     with torch.no_grad():
         for p in [*block.parameters(), *head.parameters()]:
             p.copy_(torch.randn(p.shape, generator=gen, dtype=F64) * 0.5)
-        block[0].bias.add_(0.5)
+        assert conv.bias is not None
+        conv.bias.add_(0.5)
         if zero_other_rows:
             head.weight[[0, 2]] = 0.0
     x = torch.rand(1, 3, 5, 5, generator=gen, dtype=F64)
@@ -153,20 +155,59 @@ def test_spatial_bias_inverts_a_hand_map() -> None:
     assert spatial.argmax() != plain.argmax()
 
 
-def test_channel_bias_is_uniform_and_kept_in_float64() -> None:
+def test_bias_maps_have_no_relu_so_a_negative_logit_keeps_its_map() -> None:
+    """Eq. 20 with a bias has no ReLU: a class with S_c < 0 (its uniform bias < 0) is not all zeros."""
     gen = torch.Generator().manual_seed(1)
-    a = torch.relu(torch.randn(64, 6, 6, generator=gen))
-    g = 1e-4 * torch.randn(64, 6, 6, generator=gen)
-    none = icam.icam_layer_map(a, g, 0.7, 15.0, "none")
-    chan = icam.icam_layer_map(a, g, 0.7, 15.0, "channel")  # bias ~ 64 * 15 ~ 1e3, map values ~ 1e-5
-    assert none.dtype == F64 and none.max() > 0 and none.max() < 1e-3
-    # A large positive uniform bias is not clipped by the ReLU: identical after normalisation.
-    torch.testing.assert_close(normalize(chan), normalize(none), rtol=0, atol=1e-6)
-    # In float32 the same sum would lose the map entirely (this is why float64 is used).
-    lossy = normalize((none.float() + float(chan.min() - none.min())) - float(chan.min() - none.min()))
-    assert (lossy - normalize(none).float()).abs().max() > 0.1
-    # A negative bias clips: with S_c very negative the map is all zeros.
-    assert torch.equal(icam.icam_layer_map(a, g, 0.7, -1e5, "channel"), torch.zeros(6, 6, dtype=F64))
+    a = torch.relu(torch.randn(64, 6, 6, generator=gen, dtype=F64))
+    g = 1e-2 * torch.randn(64, 6, 6, generator=gen, dtype=F64)
+    y, s_c = 0.004, -0.8  # a non-predicted class: K * S_c ~ -51 dominates the channel bias
+    w = icam.icam_weights(a, g, y)
+    weighted = (w * a).sum(0)
+    assert float(icam.icam_bias(a, w, s_c, "channel")) < -float(weighted.abs().max())  # ReLU would zero it
+    none = icam.icam_layer_map(a, g, y, s_c, "none")
+    for kind in ("channel", "spatial"):
+        m = icam.icam_layer_map(a, g, y, s_c, kind)
+        assert m.dtype == F64 and float(m.max() - m.min()) > 0, kind
+        # eq. 20 verbatim (constant=True) is the same map up to the uniform offset.
+        full = icam.icam_layer_map(a, g, y, s_c, kind, constant=True)
+        torch.testing.assert_close(full, weighted + icam.icam_bias(a, w, s_c, kind))
+        assert float(full.max()) < 0  # every value negative: ReLU(eq. 20) would be all zeros
+        torch.testing.assert_close(normalize(full), normalize(m), rtol=0, atol=1e-9)
+    # "channel" drops only a uniform constant: it is sum_k w_k A_k itself.
+    torch.testing.assert_close(icam.icam_layer_map(a, g, y, s_c, "channel"), weighted)
+    # Y_c < 0.21 and A >= 0: every w >= 0, so "channel" and "none" agree after normalisation.
+    assert bool((w >= 0).all())
+    torch.testing.assert_close(normalize(icam.icam_layer_map(a, g, y, s_c, "channel")), normalize(none))
+
+
+def test_channel_bias_differs_from_none_where_weights_are_negative() -> None:
+    """For Y_c > 0.5 (f'' < 0) tanh(alpha) can be < 0: "channel" keeps the negative evidence."""
+    a = torch.tensor([[[1.0, 2.0, 0.0]], [[0.0, 1.0, 3.0]]], dtype=F64)  # K=2, 1x3
+    g = torch.tensor([[[2.0, 2.0, 2.0]], [[0.1, 0.1, 0.1]]], dtype=F64)  # sum(A) g: 6 and 0.4
+    y = 0.9  # f'' < 0, f''' > 0: alpha < 0 where 2 f'' g^2 + sum(A) f''' g^3 > 0 (channel 0)
+    w = icam.icam_weights(a, g, y)
+    assert bool((w[0] < 0).all()) and bool((w[1] > 0).all())
+    weighted = (w * a).sum(0)
+    assert float(weighted.min()) < 0 < float(weighted.max())
+    chan = icam.icam_layer_map(a, g, y, 4.0, "channel")
+    none = icam.icam_layer_map(a, g, y, 4.0, "none")
+    torch.testing.assert_close(chan, weighted)
+    torch.testing.assert_close(none, torch.relu(weighted))
+    assert float((normalize(chan) - normalize(none)).abs().max()) > 0.05
+
+
+def test_uniform_offset_is_left_out_because_it_erases_small_maps() -> None:
+    """w carries Y(1 - Y): tiny for an unlikely class. Added to K * S_c even float64 loses the map."""
+    gen = torch.Generator().manual_seed(4)
+    a = torch.relu(torch.randn(64, 6, 6, generator=gen, dtype=F64))
+    g = 1e-2 * torch.randn(64, 6, 6, generator=gen, dtype=F64)
+    y, s_c = 1e-12, -20.0
+    m = icam.icam_layer_map(a, g, y, s_c, "channel")
+    assert 0 < float(m.max() - m.min()) < 1e-12
+    ref = normalize((icam.icam_weights(a, g, y) * a).sum(0))
+    torch.testing.assert_close(normalize(m), ref, rtol=0, atol=1e-12)
+    lossy = normalize(icam.icam_layer_map(a, g, y, s_c, "channel", constant=True))
+    assert float((lossy - ref).abs().max()) > 0.01
 
 
 def test_layer_map_equals_formula() -> None:
@@ -180,9 +221,21 @@ def test_layer_map_equals_formula() -> None:
         den = 2 * f2 * g[i] ** 2 + a[i].sum((-2, -1), keepdim=True) * f3 * g[i] ** 3
         alpha = f2 * g[i] ** 2 / den
         torch.testing.assert_close(w[i], torch.tanh(alpha) * torch.relu(f1 * g[i]))
-        for kind in ("channel", "spatial", "none"):
-            ref = torch.relu((w[i] * a[i]).sum(0) + icam.icam_bias(a[i], w[i], float(s_c[i]), kind))
-            torch.testing.assert_close(icam.icam_layer_map(a, g, y, s_c, kind)[i], ref)
+        weighted = (w[i] * a[i]).sum(0)
+        k = a.shape[1]
+        # eq. 20 with a bias, no ReLU; the uniform part K * S_c (and the channel sum) only with constant=True.
+        for kind in ("channel", "spatial"):
+            full = weighted + icam.icam_bias(a[i], w[i], float(s_c[i]), kind)
+            torch.testing.assert_close(icam.icam_layer_map(a, g, y, s_c, kind, constant=True)[i], full)
+        torch.testing.assert_close(icam.icam_layer_map(a, g, y, s_c, "channel")[i], weighted)
+        spatial = weighted - (w[i] * a[i].sum((-2, -1), keepdim=True)).sum(0)
+        torch.testing.assert_close(icam.icam_layer_map(a, g, y, s_c, "spatial")[i], spatial)
+        torch.testing.assert_close(icam.icam_layer_map(a, g, y, s_c, "spatial", constant=True)[i],
+                                   spatial + k * float(s_c[i]))
+        # bias "none": LayerCAM's ReLU form.
+        torch.testing.assert_close(icam.icam_layer_map(a, g, y, s_c, "none")[i], torch.relu(weighted))
+    with pytest.raises(ValueError):
+        icam.icam_layer_map(a, g, y, s_c, "pixel")  # type: ignore[arg-type]
 
 
 def test_combine_hand_values() -> None:
