@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from camwidgets.core import CAMResult, Explainer
+from camwidgets.core import CAMResult, Explainer, fusion
 from camwidgets.core.preprocess import Preprocess
 from camwidgets.models.demo import demo_preprocess
 
@@ -176,8 +176,8 @@ def test_unioncam_choice_follows_eq8(exp: Explainer) -> None:
     assert res.choice == ("union" if res.beta_union > res.beta_region else "region")
     chosen = res.union_map if res.choice == "union" else res.region_map
     np.testing.assert_allclose(res.map, _norm(chosen), atol=1e-6)
-    np.testing.assert_allclose(res.union_map, res.beta_gradient * res.gradient_map
-                               + res.beta_region * res.region_map, atol=1e-6)
+    wd, wr = fusion.union_weights(res.beta_gradient, res.beta_region)  # β clamped at 0 before the union
+    np.testing.assert_allclose(res.union_map, wd * res.gradient_map + wr * res.region_map, atol=1e-6)
     assert res.params["baseline"] == "black" and 0 <= res.baseline_probability <= 1
 
 

@@ -22,7 +22,7 @@ __all__ = ["fusioncam", "unioncam"]
 
 
 def unioncam(exp: Explainer, *, theta: float, layer: str, baseline: str, region: str) -> UnionCAMResult:
-    """UnionCAM: denoise the gradients (eq. 1-3), union with the region map (eq. 6), select (eq. 8)."""
+    """UnionCAM: denoise the gradients (eq. 1-3), union with the region map (eq. 6, β clamped at 0), select (eq. 8)."""
     l_r = exp.explain(region, layer=layer).map_tensor
     raw_d = _fusion.unioncam_denoised_map(exp.activation(layer), exp.gradient(layer), theta)
     l_d = exp.finish(raw_d)
@@ -66,7 +66,8 @@ ENTRIES: tuple[Method, ...] = (
         compute=unioncam,
         summary="denoised gradient map united with a region map by their contributions, then the better kept.",
         formula="L_D = sum_k α_k ReLU(W_k) A_k (W = g below its θ-th percentile zeroed);  "
-                "L_DR = β_D L_D + β_R L_R;  pick L_DR if β(L_DR) > β_R else L_R",
+                "L_DR = max(β_D, 0) L_D + max(β_R, 0) L_R (½, ½ when both ≤ 0);  pick L_DR if β(L_DR) > β_R "
+                "else L_R",
         reference="Hu et al., 'UnionCAM: enhancing CNN interpretability through denoising, weighted "
                   "fusion, and selective high-quality class activation mapping', Frontiers in "
                   "Neurorobotics 2024, eq. 1-8.",

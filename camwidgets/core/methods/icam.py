@@ -53,7 +53,8 @@ def _layer_map(exp: Explainer, name: str, bias: str) -> torch.Tensor:
         y = float(exp.probabilities_tensor64[exp.target])
         s_c = float(exp.logits_tensor[exp.target])
         raw = _icam.icam_layer_map(exp.activation(name), exp.gradient(name), y, s_c, cast(_icam.Bias, bias))
-        # Upsampled, then normalised (in float64: the channel bias is a large offset).
+        # Upsampled, then normalised (float64; the bias's uniform part, cancelled by normalisation, is not
+        # added: see icam_layer_map).
         return _ops.normalize(_ops.upsample(raw, exp.size)).float().clamp(0.0, 1.0)
 
     return exp.stage(("icam-layer", name, bias), compute)
@@ -100,7 +101,8 @@ ENTRIES: tuple[Method, ...] = (
                       help="T: keep the best layers until their scores reach T of the total."),
                 Param("n", "int", 8, low=1, high=64, step=1, help="Number of perturbations."),
                 Param("bias", "choice", "channel", choices=("channel", "spatial", "none"),
-                      help="Per-layer bias: channel (eq. 27), spatial (eq. 28) or none."),
+                      help="Per-layer bias: channel (eq. 27) or spatial (eq. 28), no ReLU after either; none: "
+                           "ReLU(Σ w A) as LayerCAM."),
                 Param("seed", "int", 0, help="Seed of the perturbations.", control=False),
                 Param("sigma", "float", 0.25, low=0, exclusive_low=True, step=0.05,
                       help="σ: width of the SSIM-based visual similarity (SVIM, eq. 6).", control=False)),
@@ -113,5 +115,9 @@ ENTRIES: tuple[Method, ...] = (
         implementation="the paper's equations (no public code); the closed-form α is checked against autograd.",
         needs_gradients=True,
         stage="perturbations per (α, n, seed): one batched forward + backward; T, bias and σ run no model pass.",
+        notes="Per-layer map with a bias: eq. 20 as printed, L_l = Σ_k w_k A_k + Σ_k b_k, no ReLU (the channel "
+              "bias is one constant per layer, cancelled by normalisation; a ReLU gave every class with S_c < 0 an "
+              "all-zero map). The closed-form α is exact only with the other logits held fixed; with the full "
+              "softmax it is an approximation (48-75 % off in f''g² on the demo model's last block).",
         in_explorer=True, in_evaluate=True),
 )
