@@ -17,11 +17,12 @@ from .. import gradient as _g
 from ..results import CAMResult
 from ._params import LAYER, PGC
 from ._spec import Method
+from .activation import principal_projection
 
 if TYPE_CHECKING:
     from ..explainer import Explainer
 
-__all__ = ["gradcam", "gradcampp", "layercam", "weighted_result", "xgradcam"]
+__all__ = ["eigengradcam", "gradcam", "gradcampp", "hirescam", "layercam", "weighted_result", "xgradcam"]
 
 
 def weighted_result(exp: Explainer, method: str, layer: str,
@@ -55,6 +56,23 @@ def layercam(exp: Explainer, *, layer: str) -> CAMResult:
     raw = torch.relu(_g.layercam_map(a, g))
     return CAMResult(method="layercam", layer=layer, target=exp.target, params={"layer": layer},
                      map_tensor=exp.finish(raw), raw_tensor=raw, weights_tensor=None)
+
+
+def hirescam(exp: Explainer, *, layer: str) -> CAMResult:
+    """HiResCAM: ``L = ReLU(sum_k g_k ⊙ A_k)``, the gradient kept at every position (no averaging)."""
+    a, g = exp.activation(layer), exp.gradient(layer)
+    raw = torch.relu((g * a).sum(dim=-3))
+    return CAMResult(method="hirescam", layer=layer, target=exp.target, params={"layer": layer},
+                     map_tensor=exp.finish(raw), raw_tensor=raw, weights_tensor=None)
+
+
+def eigengradcam(exp: Explainer, *, layer: str) -> CAMResult:
+    """EigenGradCAM: ``ReLU`` of the projection of ``g ⊙ A`` on its first principal component."""
+    proj, v = exp.stage(("eigengradcam-projection", layer),
+                        lambda: principal_projection(exp.gradient(layer) * exp.activation(layer)))
+    raw = torch.relu(proj)
+    return CAMResult(method="eigengradcam", layer=layer, target=exp.target, params={"layer": layer},
+                     map_tensor=exp.finish(raw), raw_tensor=raw, weights_tensor=v)
 
 
 #: This module's registry entries (gathered by :mod:`camwidgets.core.methods`).
@@ -93,4 +111,30 @@ ENTRIES: tuple[Method, ...] = (
         implementation=f"{PGC} LayerCAM; max abs difference <= 1e-4 after normalisation.",
         needs_gradients=True, stage="the explainer's capture (no model pass after construction).",
         in_explorer=True, in_evaluate=True),
+    Method(        name="hirescam", label="HiResCAM", family="gradient", params=(LAYER,), compute=hirescam,
+        summary="each position's activations weighted by the class score's gradient at that position (Grad-CAM "
+                "without the gradient averaging).",
+        formula="L = ReLU(sum_k g_k ⊙ A_k),  g = dS_c/dA",
+        reference="Draelos & Carin, 'Use HiResCAM instead of Grad-CAM for faithful explanations of convolutional "
+                  "neural networks', 2020, arXiv:2011.08891 (the HiResCAM definition).",
+        implementation=f"{PGC} HiResCAM (eigen_smooth=False); max abs difference <= 1e-4 after normalisation.",
+        needs_gradients=True, stage="the explainer's capture (no model pass after construction).",
+        notes="On a GAP + linear head the gradient is W[c] / (h w) at every position, so HiResCAM, Grad-CAM and "
+              "CAM (relu=True) give the same map there."),
+    Method(        name="eigengradcam", label="EigenGradCAM", family="gradient", params=(LAYER,),
+        compute=eigengradcam,
+        summary="EigenCAM applied to gradient × activation: the first principal component of g ⊙ A.",
+        formula="X = g ⊙ A as (hw, K), centred per channel;  X = U S V^T;  L = ReLU(X v_1)  (sign: sum_k v_1k >= 0)",
+        reference="pytorch-grad-cam's variant of Muhammad & Yeasin, 'Eigen-CAM: Class Activation Map using "
+                  "Principal Components', IJCNN 2020, arXiv:2008.00299, on g ⊙ A instead of A (no paper of its own).",
+        implementation=f"{PGC} EigenGradCAM (get_2d_projection); max abs difference <= 1e-4 after "
+                       "normalisation, the reference's sign oriented as camwidgets orients it.",
+        needs_gradients=True,
+        stage="the explainer's capture (no model pass); one SVD of the (hw, K) centred g ⊙ A per layer, in float64 "
+              "on the CPU.",
+        notes="The SVD's sign is arbitrary (the reference keeps whatever LAPACK returns, so its map can come out "
+              "inverted); camwidgets orients the component so that the projection correlates positively with "
+              "sum_k g_k A_k (HiResCAM's signed map, the first-order class evidence): sum_k v_1k >= 0. The reference "
+              "is compared after the same orientation. Centred before the SVD as the reference does. The SVD runs "
+              "in float64 (the reference: float32 numpy); weights holds v_1, applied to the centred g ⊙ A."),
 )
