@@ -8,9 +8,10 @@ same object.
 Conventions: ``map`` is the explanation ``(H, W)`` in ``[0, 1]`` at the resolution of
 the model input; ``raw`` is the map before the final normalisation at the resolution
 the method combines channels at: the feature map ``(h, w)`` of the layer for the
-single-layer methods (after the ReLU), the input resolution ``(H, W)`` for I-CAM
-(``sum_l W_l L_l``) and UnionCAM (the selected ``L_De-Region`` or ``L_Region`` as eq. 8
-writes it). For Fusion-CAM ``raw`` equals ``map`` (its last step is a normalisation).
+single-layer methods (after the ReLU; CAM with ``relu=False``: the signed map), the
+input resolution ``(H, W)`` for I-CAM (``sum_l W_l L_l``) and UnionCAM (the selected
+``L_De-Region`` or ``L_Region`` as eq. 8 writes it). For Fusion-CAM ``raw`` equals
+``map`` (its last step is a normalisation).
 """
 
 from __future__ import annotations
@@ -50,8 +51,7 @@ class CAMResult:
     Attributes
     ----------
     method : str
-        ``"gradcam"``, ``"gradcampp"``, ``"xgradcam"``, ``"layercam"``, ``"scorecam"``,
-        ``"ablationcam"``, ``"icam"``, ``"unioncam"`` or ``"fusioncam"``.
+        The registry name of the method that made it (``camwidgets.methods()`` lists them).
     layer : str or tuple of str
         Dotted name of the explained layer (a tuple for multi-layer methods).
     target : int
