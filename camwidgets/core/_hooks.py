@@ -24,6 +24,16 @@ Design (what the tests check):
   plain passes. A thread that holds the gate shared and asks for it exclusively (ADCC
   re-explaining inside its own block) gives up its shared hold while it waits, so two
   such threads cannot deadlock; it gets it back when the exclusive block ends.
+* A compiled model runs its original modules whenever hooks are registered: a
+  ``torch.compile(model)`` wrapper (``OptimizedModule``) is unwrapped to ``model._orig_mod``
+  (:func:`unwrap_model`; the same modules and parameters, so results equal the uncompiled
+  model's), and inside :func:`forward_hooks` modules compiled in place
+  (``Module.compile()``) and compiled submodules run their eager code. A compiled graph
+  neither sees hooks registered after it was traced nor keeps a hook's output on the
+  autograd path, which gave all-zero gradients. Plain passes (:func:`batch_logits`) still
+  run the compiled model.
+* A captured layer that no gradient reaches (its output is not on the autograd path to
+  the logits) raises ``ValueError`` naming the layer; a zero gradient is never made up.
 * Long loops call :func:`checkpoint` between batches: inside :func:`cancel_when`, a
   computation that is no longer wanted raises :class:`Cancelled` there, with its hooks
   removed and modes restored like any other exception.
@@ -42,7 +52,58 @@ import torch
 from torch import nn
 
 __all__ = ["Cancelled", "Capture", "batch_logits", "cancel_when", "capture", "checkpoint", "eval_mode",
-           "forward_hooks", "model_device", "model_dtype", "model_lock", "target_scores"]
+           "forward_hooks", "model_device", "model_dtype", "model_lock", "target_scores", "unwrap_model"]
+
+_ORIG = "_orig_mod"  # where torch.compile's OptimizedModule keeps the module it wraps
+
+
+def unwrap_model(model: nn.Module) -> nn.Module:
+    """The module a ``torch.compile(model)`` wrapper compiles (``model._orig_mod``); other models as they are.
+
+    ``torch.compile`` returns an ``OptimizedModule`` whose only child is the original module:
+    the same submodules, parameters and buffers, so running it gives the uncompiled
+    model's results. camwidgets registers its hooks and runs its hooked passes on it, and
+    names layers relative to it (``"layer4.1"``, not ``"_orig_mod.layer4.1"``).
+    """
+    while isinstance(model._modules.get(_ORIG), nn.Module) and type(model).__name__ == "OptimizedModule":
+        model = model._modules[_ORIG]  # type: ignore[assignment]
+    return model
+
+
+def strip_compiled_prefix(model: nn.Module, name: str) -> str:
+    """``name`` relative to :func:`unwrap_model` ``(model)``: leading ``"_orig_mod."`` parts (the
+    names a ``torch.compile`` wrapper's ``named_modules()`` gives) removed."""
+    base = unwrap_model(model)
+    if _ORIG not in base._modules:
+        while name.startswith(_ORIG + "."):
+            name = name[len(_ORIG) + 1:]
+    return name
+
+
+@contextmanager
+def _eager(model: nn.Module) -> Iterator[None]:
+    """Run ``model``'s compiled parts eagerly inside the block (the caller holds the model's gate).
+
+    A module compiled in place (``Module.compile()``) gets its plain ``__call__`` back, and a
+    ``torch.compile`` wrapper held as a submodule is replaced by the module it wraps in its
+    parent (the same module objects, so hooks registered on them fire). Both are restored on
+    exit, also on error.
+    """
+    compiled = [m for m in model.modules() if m.__dict__.get("_compiled_call_impl") is not None]
+    wrapped = [(parent, key, child) for parent in model.modules() for key, child in parent._modules.items()
+               if child is not None and unwrap_model(child) is not child]
+    saved = [(m, m.__dict__["_compiled_call_impl"]) for m in compiled]
+    try:
+        for m in compiled:
+            m.__dict__["_compiled_call_impl"] = None
+        for parent, key, child in wrapped:
+            parent._modules[key] = unwrap_model(child)
+        yield
+    finally:
+        for parent, key, child in reversed(wrapped):
+            parent._modules[key] = child
+        for m, impl in saved:
+            m.__dict__["_compiled_call_impl"] = impl
 
 
 class _Gate:
@@ -105,6 +166,7 @@ _GATES_GUARD = threading.Lock()
 
 
 def _gate(model: nn.Module) -> _Gate:
+    model = unwrap_model(model)  # a torch.compile wrapper shares its module's gate
     with _GATES_GUARD:
         gate = _GATES.get(model)
         if gate is None:
@@ -194,18 +256,29 @@ def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
 
 
 @contextmanager
-def forward_hooks(model: nn.Module, layers: Sequence[str], *, clone: bool = True
-                  ) -> Iterator[dict[str, torch.Tensor]]:
+def forward_hooks(model: nn.Module, layers: Sequence[str], *, clone: bool = True,
+                  drop_reused: bool = False) -> Iterator[dict[str, torch.Tensor]]:
     """Record the outputs of ``layers`` (dotted names) during the forward passes inside the block.
 
     Yields a dict ``name -> output`` filled by each forward pass. With ``clone=True`` the
     network continues with a copy of each output, so in-place operations downstream
-    leave the recorded tensor (and its gradient) intact. A layer that runs more than once
-    per forward pass raises ``ValueError`` (its activation would be ambiguous).
+    leave the recorded tensor (and its gradient) intact.
+
+    A layer that runs more than once per forward pass (a shared module) has no single
+    activation: by default the block raises ``ValueError`` when it ends; with
+    ``drop_reused=True`` such layers are removed from the dict instead (for layers chosen
+    automatically, not by the user), unless every layer ran more than once.
+
+    A ``torch.compile`` wrapper is unwrapped (:func:`unwrap_model`): the hooks go on the
+    original modules, so run ``unwrap_model(model)`` inside the block (the wrapper's
+    compiled graph would not keep the hooks' outputs on the autograd path). Modules
+    compiled in place (``Module.compile()``) and compiled submodules run eagerly while the
+    block lasts. Names may carry the wrapper's ``"_orig_mod."`` prefix or not.
     """
     store: dict[str, torch.Tensor] = {}
     calls: dict[str, int] = {}
     handles = []
+    base = unwrap_model(model)
 
     def make_hook(name: str) -> Callable[[nn.Module, object, object], object]:
         def hook(module: nn.Module, args: object, output: object) -> object:
@@ -219,22 +292,28 @@ def forward_hooks(model: nn.Module, layers: Sequence[str], *, clone: bool = True
         return hook
 
     # Hooks fire for every thread's passes of the model: no other thread may run one meanwhile.
-    with model_lock(model):
-        try:
-            for name in layers:
-                handles.append(model.get_submodule(name).register_forward_hook(make_hook(name)))
-            yield store
-            again = [n for n, c in calls.items() if c > 1]
-            if again:
-                raise ValueError(
-                    f"Layer(s) {again} ran more than once in one forward pass (a shared module, e.g. the "
-                    "ReLU a torchvision BasicBlock calls twice), so their activation is ambiguous. Pick the "
-                    "enclosing block or a module that runs once."
-                )
-        finally:
-            for h in handles:
-                h.remove()
-            calls.clear()
+    with model_lock(base):
+        # Looked up before _eager swaps compiled submodules out of their parents (names may pass through them).
+        modules = [(name, base.get_submodule(strip_compiled_prefix(base, name))) for name in layers]
+        with _eager(base):
+            try:
+                for name, module in modules:
+                    handles.append(module.register_forward_hook(make_hook(name)))
+                yield store
+                again = [n for n, c in calls.items() if c > 1]
+                if again and drop_reused and len(again) < len(calls):
+                    for n in again:
+                        store.pop(n, None)
+                elif again:
+                    raise ValueError(
+                        f"Layer(s) {again} ran more than once in one forward pass (a shared module, e.g. the "
+                        "ReLU a torchvision BasicBlock calls twice, or one nn.ReLU used after every conv), "
+                        "so their activation is ambiguous. Pick the enclosing block or a module that runs once."
+                    )
+            finally:
+                for h in handles:
+                    h.remove()
+                calls.clear()
 
 
 @dataclass(frozen=True, eq=False)
@@ -286,21 +365,37 @@ def _targets(logits: torch.Tensor, target: int | Sequence[int] | torch.Tensor | 
     return t.clone()
 
 
+def _unreachable(what: str) -> str:
+    return (
+        f"No gradient of the target score reaches {what}: it is not on the autograd path from the "
+        "model's input to its logits, so its gradient is undefined (not zero). Likely causes: the model "
+        "is compiled or traced in a way camwidgets cannot undo (torch.jit.trace / script, torch.fx or "
+        "torch.export graphs; torch.compile wrappers and Module.compile() are undone automatically), "
+        "so the hooked output is not the one the graph uses; the model computes it under "
+        "torch.no_grad() or detaches it (.detach(), .item(), numpy) in its forward; or it does not "
+        "feed the output at all (an auxiliary branch). Fix: explain the original nn.Module, remove the "
+        "no_grad / detach from the forward pass, or pick a layer the logits depend on."
+    )
+
+
 def capture(model: nn.Module, x: torch.Tensor, layers: Sequence[str],
             target: int | Sequence[int] | torch.Tensor | None = None, *,
             gradients: bool = True, input_grad: bool = False,
-            check_target: bool = True) -> Capture:
+            check_target: bool = True, drop_reused: bool = False) -> Capture:
     """One forward and (if asked) one backward pass recording ``A`` and ``dS_c/dA`` at ``layers``.
 
     Parameters
     ----------
     model : torch.nn.Module
         Run in eval mode for the pass; its modes are restored afterwards, its parameters
-        and their ``.grad`` are left untouched.
+        and their ``.grad`` are left untouched. A ``torch.compile`` wrapper is unwrapped
+        (:func:`unwrap_model`): the pass runs the original modules, so activations,
+        gradients and logits equal those of the uncompiled model.
     x : Tensor (N, 3, H, W)
         Normalised model input (moved to the model's device and dtype).
     layers : sequence of str
-        Dotted names of the layers to record.
+        Dotted names of the layers to record (relative to the unwrapped model; a leading
+        ``"_orig_mod."`` is accepted).
     target : int, sequence of N ints, Tensor (N,) or None
         Class per image; None means the predicted class of each image. Out-of-range
         indices raise ``ValueError`` after the forward pass and before the backward.
@@ -310,20 +405,34 @@ def capture(model: nn.Module, x: torch.Tensor, layers: Sequence[str],
         gradient is that image's own).
     input_grad : bool
         Also return ``dS_c/dx``.
+    drop_reused : bool
+        Leave out layers that ran more than once in the pass instead of raising
+        ``ValueError`` (for automatically chosen layers, e.g.
+        :func:`~camwidgets.core.layers.candidate_layers`; a layer the user named should
+        raise). Every layer running more than once still raises.
 
     Returns
     -------
     Capture
         Detached tensors; layers whose output is not a tensor are omitted.
+
+    Raises
+    ------
+    ValueError
+        A layer ran more than once (see ``drop_reused``); or a gradient was asked for and
+        no gradient reaches a recorded tensor layer (or the input) from the target score,
+        e.g. a layer computed under ``torch.no_grad()`` or detached inside the model: the
+        message names the layers. A zero gradient is never substituted.
     """
     checkpoint()
+    model = unwrap_model(model)
     device = model_device(model)
     with torch.inference_mode(False), torch.enable_grad(), eval_mode(model):
         xin = x.detach().to(device=device, dtype=model_dtype(model)).clone()
         need_grad = gradients or input_grad
         if need_grad:
             xin.requires_grad_(True)
-        with forward_hooks(model, layers, clone=True) as store:
+        with forward_hooks(model, layers, clone=True, drop_reused=drop_reused) as store:
             logits = model(xin)
         if not isinstance(logits, torch.Tensor) or logits.dim() != 2:
             raise ValueError(
@@ -337,19 +446,24 @@ def capture(model: nn.Module, x: torch.Tensor, layers: Sequence[str],
         xgrad = None
         if need_grad:
             score = target_scores(logits, targets).sum()
-            names = [n for n in acts if gradients and acts[n].requires_grad]
+            names = list(acts) if gradients else []
             inputs = [acts[n] for n in names] + ([xin] if input_grad else [])
-            out: Sequence[torch.Tensor | None] = (
-                torch.autograd.grad(score, inputs, allow_unused=True) if inputs and score.requires_grad
-                else [None] * len(inputs))
-            for n, g in zip(names, out[:len(names)], strict=True):
-                grads[n] = torch.zeros_like(acts[n]) if g is None else g.detach()
-            for n in acts:
-                if gradients and n not in grads:
-                    grads[n] = torch.zeros_like(acts[n])
+            # A tensor outside the graph (no requires_grad) gets None like an unused one.
+            linked = [i for i, t in enumerate(inputs) if t.requires_grad]
+            out: list[torch.Tensor | None] = [None] * len(inputs)
+            if linked and score.requires_grad:
+                got = torch.autograd.grad(score, [inputs[i] for i in linked], allow_unused=True)
+                for i, g in zip(linked, got, strict=True):
+                    out[i] = g
+            missing = [n for n, g in zip(names, out, strict=False) if g is None]
+            if missing:
+                raise ValueError(f"Layer(s) {missing}: " + _unreachable("them"))
+            if input_grad and out[-1] is None:
+                raise ValueError(_unreachable("the model input"))
+            found = [g.detach() for g in out if g is not None]  # all of them, checked above
+            grads = dict(zip(names, found, strict=False))
             if input_grad:
-                gx = out[-1] if inputs else None
-                xgrad = torch.zeros_like(xin) if gx is None else gx.detach()
+                xgrad = found[-1]
         result = Capture(
             logits=logits.detach(),
             targets=targets.detach(),

@@ -1,4 +1,4 @@
-"""Which layers of a CNN a CAM can explain, found at block granularity (SPEC §5).
+"""Which layers of a CNN a CAM can explain, found at block granularity.
 
 A *candidate layer* is a module whose output is a 4-D feature map ``(N, K, h, w)``
 and that ends a block of the network:
@@ -19,6 +19,22 @@ anything else                 every module inside a ``Sequential`` / ``ModuleLis
                               those whose output is not 4-D
 ============================  ==============================================================
 
+Shared modules. A module that runs more than once in one forward pass has no single
+activation, so it cannot be a CAM layer. What the module tree shows is used here: a module
+registered under several names (the same ``nn.ReLU`` object at two places of a
+``Sequential``) is never a candidate, and the conv (or norm) before it ends the run
+instead; in a custom module with fewer activation modules than convolutions (one
+``self.relu`` applied after every conv, as in many hand-written CNNs) the convolutions are
+kept as well as the activation. What only a forward pass shows (one ``self.relu`` called
+three times, a block called twice) is left to the capture:
+:func:`~camwidgets.core._hooks.capture` with ``drop_reused=True`` leaves those layers out,
+which the explainer does for ``layers="auto"``; a layer named by the user that runs more
+than once is an error.
+
+Compiled models. A ``torch.compile(model)`` wrapper is looked through
+(:func:`~camwidgets.core._hooks.unwrap_model`): candidates are named as in the original
+model (``"layer4.1"``, not ``"_orig_mod.layer4.1"``) and :func:`resolve_layer` accepts both.
+
 For MobileNet and EfficientNet the final ``Conv2dNormActivation`` of ``features`` (the
 1x1 head convolution) is added after the inverted-residual blocks: its activated output
 is the layer CAM users pick for these models (the last inverted-residual block is a
@@ -33,6 +49,8 @@ import difflib
 from collections.abc import Iterable, Sequence
 
 from torch import nn
+
+from ._hooks import strip_compiled_prefix, unwrap_model
 
 __all__ = ["LayerSpec", "candidate_layers", "default_layer", "resolve_layer", "resolve_layers"]
 
@@ -62,8 +80,19 @@ def _block_types() -> tuple[tuple[type, ...], tuple[type, ...]]:
     return blocks, with_head
 
 
+def _shared(model: nn.Module) -> set[int]:
+    """``id`` of every module registered at more than one place (it runs once per place)."""
+    seen: set[int] = set()
+    shared: set[int] = set()
+    for _, module in model.named_modules(remove_duplicate=False):
+        (shared if id(module) in seen else seen).add(id(module))
+    return shared
+
+
 def _known_blocks(model: nn.Module) -> list[str]:
+    model = unwrap_model(model)
     blocks, with_head = _block_types()
+    shared = _shared(model)
     names: list[str] = []
     inside: list[str] = []  # blocks never nest candidates (DenseNet's layers live inside blocks)
     head_family = False
@@ -71,53 +100,72 @@ def _known_blocks(model: nn.Module) -> list[str]:
         if not name or any(name.startswith(p + ".") for p in inside):
             continue
         if isinstance(module, blocks):
-            names.append(name)
+            if id(module) not in shared:
+                names.append(name)
             inside.append(name)
             head_family = head_family or isinstance(module, with_head)
     if names and head_family:
         from torchvision.ops.misc import Conv2dNormActivation
 
         features = getattr(model, "features", None)
-        if isinstance(features, nn.Sequential) and isinstance(features[-1], Conv2dNormActivation):
+        if (isinstance(features, nn.Sequential) and isinstance(features[-1], Conv2dNormActivation)
+                and id(features[-1]) not in shared):
             names.append(f"features.{len(features) - 1}")
     return names
 
 
 def _vgg_relus(model: nn.Module) -> list[str]:
-    """ReLUs that follow a convolution (optionally through a norm) inside a Sequential."""
+    """Activations that follow a convolution (optionally through a norm) inside a Sequential.
+
+    An activation module that sits at several places (one ``nn.ReLU`` object reused) runs
+    more than once: the conv or norm before it ends the run instead.
+    """
+    model = unwrap_model(model)
+    shared = _shared(model)
     names: list[str] = []
     for prefix, module in model.named_modules():
-        if not isinstance(module, nn.Sequential):
+        if not isinstance(module, nn.Sequential) or id(module) in shared:
             continue
-        last_conv = False
-        for child_name, child in module.named_children():
-            if isinstance(child, nn.Conv2d):
-                last_conv = True
-            elif isinstance(child, _NORMS) and last_conv:
-                continue
-            elif isinstance(child, _ACTIVATIONS) and last_conv:
-                names.append(f"{prefix}.{child_name}" if prefix else child_name)
-                last_conv = False
+        run_end: str | None = None  # the conv, or the norm after it, the current run ends with so far
+        for child_name, child in module._modules.items():
+            full = f"{prefix}.{child_name}" if prefix else child_name
+            if isinstance(child, nn.Conv2d) or (isinstance(child, _NORMS) and run_end is not None):
+                run_end = None if id(child) in shared else full
+            elif isinstance(child, _ACTIVATIONS) and run_end is not None:
+                names.append(run_end if id(child) in shared else full)
+                run_end = None
             else:
-                last_conv = False
+                run_end = None
     return names
 
 
 def _generic(model: nn.Module) -> list[str]:
     """Structural fallback: block-level modules; the capture keeps only 4-D outputs."""
+    model = unwrap_model(model)
+    shared = _shared(model)
     names: list[str] = []
 
     def visit(module: nn.Module, prefix: str) -> None:
-        children = list(module.named_children())
+        children = [(n, c) for n, c in module._modules.items() if c is not None]
+        # A custom module's children are listed in declaration order, not call order: with fewer
+        # activation modules than convolutions, one activation is probably applied after several
+        # convolutions, so a conv followed by an activation is not taken to end there.
+        n_act = len({id(c) for _, c in children if isinstance(c, _ACTIVATIONS)})
+        n_conv = len({id(c) for _, c in children if isinstance(c, nn.Conv2d)})
+        unpaired = not isinstance(module, _CONTAINERS) and n_act < n_conv
         for i, (child_name, child) in enumerate(children):
             full = f"{prefix}.{child_name}" if prefix else child_name
+            if id(child) in shared:
+                continue  # runs at each place it is registered: no single activation
             if isinstance(child, _CONTAINERS):
                 visit(child, full)
                 continue
             nxt = children[i + 1][1] if i + 1 < len(children) else None
             # Keep only the end of a conv -> norm -> activation run (its output is the block's).
             if isinstance(child, (nn.Conv2d, *_NORMS)) and isinstance(nxt, (*_NORMS, *_ACTIVATIONS)):
-                continue
+                act_may_be_shared = isinstance(nxt, _ACTIVATIONS) and (unpaired or id(nxt) in shared)
+                if not act_may_be_shared:
+                    continue
             names.append(full)
 
     visit(model, "")
@@ -130,20 +178,22 @@ def _has_conv(model: nn.Module) -> bool:
 
 
 def candidate_layers(model: nn.Module) -> list[str]:
-    """Dotted names of the model's candidate layers, in forward order (SPEC §5).
+    """Dotted names of the model's candidate layers, in forward order.
 
     Parameters
     ----------
     model : torch.nn.Module
-        A CNN classifier.
+        A CNN classifier, or a ``torch.compile`` wrapper of one (the names are those of
+        the original model, without ``"_orig_mod."``).
 
     Returns
     -------
     list of str
-        Names usable with ``model.get_submodule``. For models not listed in the module
-        docstring the list is structural and may still contain layers whose output is
-        not 4-D; :class:`~camwidgets.core.explainer.Explainer` drops those after its
-        first forward pass.
+        Names usable with ``unwrap_model(model).get_submodule``. For models not listed in
+        the module docstring the list is structural and may still contain layers whose
+        output is not 4-D, or a module that runs more than once (one ``self.relu`` called
+        after every conv); :class:`~camwidgets.core.explainer.Explainer` drops those after
+        its first forward pass (``capture(..., drop_reused=True)``).
 
     Raises
     ------
@@ -156,6 +206,7 @@ def candidate_layers(model: nn.Module) -> list[str]:
     >>> candidate_layers(resnet18())[-2:]
     ['layer4.0', 'layer4.1']
     """
+    model = unwrap_model(model)
     if not _has_conv(model):
         raise ValueError(
             f"{type(model).__name__} has no 2-D convolution, so no layer gives the 4-D feature map "
@@ -183,6 +234,9 @@ def resolve_layer(model: nn.Module, layer: LayerSpec, candidates: Sequence[str] 
     Parameters
     ----------
     model : torch.nn.Module
+        The model, or a ``torch.compile`` wrapper of it: names are relative to the
+        original model, and a leading ``"_orig_mod."`` (as the wrapper's
+        ``named_modules()`` writes it) is removed.
     layer : str or torch.nn.Module
         A dotted name such as ``"layer4.1"`` (as in ``model.named_modules()``) or a
         submodule of ``model``.
@@ -195,6 +249,7 @@ def resolve_layer(model: nn.Module, layer: LayerSpec, candidates: Sequence[str] 
         If the name does not exist or the module is not part of ``model``; the message
         lists the closest names and the candidate layers.
     """
+    model = unwrap_model(model)
     if isinstance(layer, nn.Module):
         for name, module in model.named_modules():
             if module is layer and name:
@@ -207,7 +262,8 @@ def resolve_layer(model: nn.Module, layer: LayerSpec, candidates: Sequence[str] 
         )
     if not isinstance(layer, str):
         raise ValueError(f"layer must be a dotted name (str) or a submodule, got {type(layer).__name__}.")
-    names = [n for n, _ in model.named_modules() if n]
+    layer = strip_compiled_prefix(model, layer)
+    names = [n for n, _ in model.named_modules(remove_duplicate=False) if n]
     if layer in names:
         return layer
     close = difflib.get_close_matches(layer, names, n=3)

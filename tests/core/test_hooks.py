@@ -145,3 +145,106 @@ def test_forward_hooks_and_eval_mode_contexts(demo: nn.Module) -> None:
         demo(torch.rand(1, 3, 16, 16))
         assert store["layer1.0"].shape == (1, 16, 8, 8)
     assert demo.training and _no_hooks(demo)
+
+
+class _Disconnected(nn.Module):
+    """A stem run under no_grad, a detached conv, an auxiliary branch the logits never use."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, 4, 3, padding=1)
+        self.detached = nn.Conv2d(4, 4, 3, padding=1)
+        self.body = nn.Conv2d(4, 8, 3, padding=1)
+        self.aux = nn.Conv2d(8, 2, 1)
+        self.fc = nn.Linear(8, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            x = self.stem(x)
+        x = self.detached(x).detach()
+        x = torch.relu(self.body(x))
+        self.aux(x)  # computed, not used
+        return self.fc(x.mean((2, 3)))
+
+
+@pytest.mark.parametrize("layer", ["stem", "detached", "aux"])
+def test_layer_no_gradient_reaches_raises(layer: str) -> None:
+    # Before: the missing gradient was returned as zeros, so every gradient CAM was an all-zero map.
+    torch.manual_seed(0)
+    net = _Disconnected().train()
+    x = torch.rand(1, 3, 8, 8)
+    with pytest.raises(ValueError, match=rf"\['{layer}'\]: No gradient of the target score reaches them"
+                                         r".*(?s:compiled or traced).*no_grad.*does not feed the output"):
+        capture(net, x, [layer, "body"], 0)
+    assert _no_hooks(net) and net.training and net.stem.training
+    assert capture(net, x, [layer, "body"], 0, gradients=False).activations[layer].dim() == 4  # forward only: fine
+    cap = capture(net, x, ["body"], 0)
+    assert cap.gradients["body"].abs().sum() > 0
+
+
+def test_input_no_gradient_reaches_raises() -> None:
+    net = _Disconnected()
+    x = torch.rand(1, 3, 8, 8)
+    with pytest.raises(ValueError, match="reaches the model input"):
+        capture(net, x, ["body"], 0, input_grad=True)
+    cap = capture(net, x, ["body"], 0)  # the layer gradient alone is defined
+    assert cap.gradients["body"].abs().sum() > 0 and cap.input_grad is None
+
+
+def test_no_gradient_at_all_names_every_layer(demo: nn.Module) -> None:
+    class Detached(nn.Module):
+        def __init__(self, inner: nn.Module) -> None:
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.inner(x).detach()  # logits outside autograd
+
+    with pytest.raises(ValueError, match=r"\['inner.layer3.1', 'inner.layer4.1'\]: No gradient"):
+        capture(Detached(demo), torch.rand(1, 3, 16, 16), ["inner.layer3.1", "inner.layer4.1"], 0)
+    assert _no_hooks(demo)
+
+
+class SharedReLU(nn.Module):
+    """A hand-written CNN: one ``nn.ReLU`` and one ``nn.MaxPool2d`` module used after every conv."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 8, 3, padding=1)
+        self.conv2 = nn.Conv2d(8, 16, 3, padding=1)
+        self.conv3 = nn.Conv2d(16, 16, 3, padding=1)
+        self.relu = nn.ReLU()
+        self.pool = nn.MaxPool2d(2)
+        self.gap = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(16, 5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.pool(self.relu(self.conv1(x)))
+        x = self.pool(self.relu(self.conv2(x)))
+        x = self.relu(self.conv3(x))
+        return self.fc(torch.flatten(self.gap(x), 1))
+
+
+def test_drop_reused_leaves_out_modules_that_run_more_than_once() -> None:
+    torch.manual_seed(0)
+    net = SharedReLU()
+    x = torch.rand(1, 3, 16, 16)
+    names = ["conv1", "relu", "pool", "conv3", "gap"]
+    with pytest.raises(ValueError, match=r"\['relu', 'pool'\] ran more than once"):
+        capture(net, x, names, 0)
+    cap = capture(net, x, names, 0, drop_reused=True)
+    assert list(cap.activations) == list(cap.gradients) == ["conv1", "conv3", "gap"]
+    ref = capture(net, x, ["conv1", "conv3", "gap"], 0)
+    for n in ("conv1", "conv3"):
+        torch.testing.assert_close(cap.gradients[n], ref.gradients[n])
+    # Nothing left: still the error, not an empty capture.
+    with pytest.raises(ValueError, match="ran more than once"):
+        capture(net, x, ["relu", "pool"], 0, drop_reused=True)
+    assert _no_hooks(net)
+
+
+def test_forward_hooks_drop_reused(demo: nn.Module) -> None:
+    with forward_hooks(demo, ["layer4.1.relu", "layer4.1"], drop_reused=True) as store:
+        demo(torch.rand(1, 3, 16, 16))
+    assert list(store) == ["layer4.1"]
+    assert _no_hooks(demo)

@@ -1,12 +1,17 @@
-"""Candidate layers at block granularity (SPEC §5) and layer resolution."""
+"""Candidate layers at block granularity and layer resolution."""
 
 from __future__ import annotations
+
+import inspect
 
 import pytest
 import torch
 from torch import nn
 from torchvision import models as tvm
+from torchvision.models.resnet import BasicBlock
 
+from camwidgets.core._hooks import capture
+from camwidgets.core.explainer import Explainer
 from camwidgets.core.layers import candidate_layers, default_layer, resolve_layer, resolve_layers
 from camwidgets.models.demo import DemoNet
 
@@ -80,3 +85,127 @@ def test_unknown_layer_message_names_fix() -> None:
         resolve_layer(m, "layer4.9", candidate_layers(m))
     with pytest.raises(ValueError, match="not a submodule"):
         resolve_layer(m, nn.Conv2d(1, 1, 1), candidate_layers(m))
+
+
+class SharedReLU(nn.Module):
+    """A hand-written CNN: one ``nn.ReLU`` and one ``nn.MaxPool2d`` module used after every conv."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 8, 3, padding=1)
+        self.conv2 = nn.Conv2d(8, 16, 3, padding=1)
+        self.conv3 = nn.Conv2d(16, 16, 3, padding=1)
+        self.relu = nn.ReLU()
+        self.pool = nn.MaxPool2d(2)
+        self.gap = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(16, 5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.pool(self.relu(self.conv1(x)))
+        x = self.pool(self.relu(self.conv2(x)))
+        x = self.relu(self.conv3(x))
+        return self.fc(torch.flatten(self.gap(x), 1))
+
+
+class _Block(nn.Module):
+    def __init__(self, c: int) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(c, c, 3, padding=1)
+        self.bn = nn.BatchNorm2d(c)
+        self.act = nn.ReLU()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.act(self.bn(self.conv(x))) + x
+
+
+class BlockTwice(nn.Module):
+    """One residual block applied twice in a row."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, 8, 3, padding=1)
+        self.block = _Block(8)
+        self.down = nn.Conv2d(8, 16, 3, stride=2, padding=1)
+        self.fc = nn.Linear(16, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.relu(self.stem(x))
+        x = self.block(self.block(x))
+        x = torch.relu(self.down(x))
+        return self.fc(x.mean((2, 3)))
+
+
+class TorchvisionBlockTwice(nn.Module):
+    """Known blocks (torchvision ``BasicBlock``), the first one applied twice."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, 8, 3, padding=1)
+        self.b1 = BasicBlock(8, 8)
+        self.b2 = BasicBlock(8, 8)
+        self.fc = nn.Linear(8, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.b2(self.b1(self.b1(self.stem(x))))
+        return self.fc(x.mean((2, 3)))
+
+
+def _shared_sequential() -> nn.Sequential:
+    relu = nn.ReLU()  # the same module object at two places of the Sequential
+    return nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), relu, nn.Conv2d(8, 8, 3, padding=1), relu,
+                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 3))
+
+
+def test_shared_activation_in_the_module_tree() -> None:
+    # Registered at two places: never a candidate; the conv before each place ends the run.
+    assert candidate_layers(_shared_sequential()) == ["0", "2"]
+    # One self.relu for three convs: the convs are kept (the last one used to be dropped in
+    # favour of the ReLU, which runs three times); the capture drops relu and pool.
+    assert candidate_layers(SharedReLU()) == ["conv1", "conv2", "conv3", "relu", "pool", "gap", "fc"]
+    # Separate activations keep the conv -> norm -> activation rule.
+    assert candidate_layers(BlockTwice()) == ["stem", "block", "down", "fc"]
+
+
+def test_reused_modules_dropped_by_the_capture() -> None:
+    torch.manual_seed(0)
+    for model, expected in [(SharedReLU(), ["conv1", "conv2", "conv3", "gap", "fc"]),
+                            (BlockTwice(), ["stem", "down", "fc"]),
+                            (TorchvisionBlockTwice(), ["b2"])]:
+        cap = capture(model, torch.rand(1, 3, 16, 16), candidate_layers(model), 0, drop_reused=True)
+        assert list(cap.activations) == expected
+
+
+_ADOPTED = "drop_reused" in inspect.getsource(Explainer.__init__)
+needs_explainer = pytest.mark.xfail(
+    not _ADOPTED, strict=True,
+    reason="Explainer must pass capture(..., drop_reused=isinstance(layers, str)) for layers='auto'")
+
+
+@needs_explainer
+@pytest.mark.parametrize(
+    ("factory", "expected"),
+    [
+        (SharedReLU, ("conv1", "conv2", "conv3")),
+        (BlockTwice, ("stem", "down")),
+        (TorchvisionBlockTwice, ("b2",)),
+    ],
+)
+def test_auto_layers_leave_out_reused_modules(factory, expected: tuple[str, ...]) -> None:
+    torch.manual_seed(0)
+    exp = Explainer(factory(), torch.rand(3, 16, 16))
+    assert exp.candidate_layers == expected
+    assert exp.default_layer == expected[-1]
+    assert float(exp.gradcam().map.max()) <= 1.0
+
+
+def test_auto_layers_of_a_sequential_with_one_relu_object() -> None:
+    # Seen in the module tree, so no help from the capture is needed.
+    exp = Explainer(_shared_sequential(), torch.rand(3, 16, 16))
+    assert exp.candidate_layers == ("0", "2")
+
+
+@pytest.mark.parametrize(("factory", "layer"), [(SharedReLU, "relu"), (BlockTwice, "block"),
+                                                (_shared_sequential, "1")])
+def test_named_reused_layer_is_still_an_error(factory, layer: str) -> None:
+    with pytest.raises(ValueError, match=rf"\['{layer}'\] ran more than once"):
+        Explainer(factory(), torch.rand(3, 16, 16), layers=[layer])
