@@ -44,7 +44,7 @@ from __future__ import annotations
 import contextlib
 import threading
 import weakref
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -380,7 +380,8 @@ def _unreachable(what: str) -> str:
 
 def capture(model: nn.Module, x: torch.Tensor, layers: Sequence[str],
             target: int | Sequence[int] | torch.Tensor | None = None, *,
-            gradients: bool = True, input_grad: bool = False,
+            gradients: bool | Callable[[Mapping[str, torch.Tensor]], Sequence[str]] = True,
+            input_grad: bool = False,
             check_target: bool = True, drop_reused: bool = False) -> Capture:
     """One forward and (if asked) one backward pass recording ``A`` and ``dS_c/dA`` at ``layers``.
 
@@ -399,10 +400,14 @@ def capture(model: nn.Module, x: torch.Tensor, layers: Sequence[str],
     target : int, sequence of N ints, Tensor (N,) or None
         Class per image; None means the predicted class of each image. Out-of-range
         indices raise ``ValueError`` after the forward pass and before the backward.
-    gradients : bool
+    gradients : bool or callable
         Also compute ``g = dS_c/dA`` (one :func:`torch.autograd.grad` call for
         ``sum_i S[i, c_i]``; images do not interact in eval mode, so row ``i`` of each
-        gradient is that image's own).
+        gradient is that image's own). A callable receives the recorded activations
+        ``{name: A}`` after the forward pass and returns the names whose gradient is
+        wanted: the backward pass then stops at the deepest of them (autograd runs only
+        the part of the graph between the score and the requested tensors; no parameter
+        gradient is computed).
     input_grad : bool
         Also return ``dS_c/dx``.
     drop_reused : bool
@@ -429,7 +434,7 @@ def capture(model: nn.Module, x: torch.Tensor, layers: Sequence[str],
     device = model_device(model)
     with torch.inference_mode(False), torch.enable_grad(), eval_mode(model):
         xin = x.detach().to(device=device, dtype=model_dtype(model)).clone()
-        need_grad = gradients or input_grad
+        need_grad = bool(gradients) or input_grad
         if need_grad:
             xin.requires_grad_(True)
         with forward_hooks(model, layers, clone=True, drop_reused=drop_reused) as store:
@@ -446,7 +451,11 @@ def capture(model: nn.Module, x: torch.Tensor, layers: Sequence[str],
         xgrad = None
         if need_grad:
             score = target_scores(logits, targets).sum()
-            names = list(acts) if gradients else []
+            if callable(gradients):
+                wanted = set(gradients(acts))
+                names = [n for n in acts if n in wanted]
+            else:
+                names = list(acts) if gradients else []
             inputs = [acts[n] for n in names] + ([xin] if input_grad else [])
             # A tensor outside the graph (no requires_grad) gets None like an unused one.
             linked = [i for i, t in enumerate(inputs) if t.requires_grad]

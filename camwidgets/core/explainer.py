@@ -6,12 +6,14 @@
 
 Pipeline and cache
 ------------------
-Construction runs **one forward and one backward pass** (a
-:func:`~camwidgets.core._hooks.capture`) that records, for every candidate layer, the
-activation ``A`` and the gradient ``g = dS_c/dA`` of the target logit, plus the input
-gradient ``dS_c/dx`` and the class probabilities. Every gradient method (Grad-CAM,
-Grad-CAM++, XGrad-CAM, LayerCAM, I-CAM's per-layer maps) then runs without the model.
-A layer outside the candidate list costs one more capture, once.
+Construction runs **one forward pass** (a :func:`~camwidgets.core._hooks.capture`) that
+records every candidate layer's activation ``A`` and the class probabilities, and a
+backward pass **only as deep as the default layer** (the last candidate): ``g = dS_c/dA``
+there, with no parameter gradient. Every gradient method on that layer then runs without
+the model, at about the cost of one forward + a partial backward (what the fastest peers
+pay). The first request for another candidate layer's gradient, or for the input gradient
+``dS_c/dx`` (I-CAM's saliency), runs one more forward + full backward that records all of
+them at once. A layer outside the candidate list costs one more capture, once.
 
 Later stages are cached by the parameters they depend on, so interactive changes only
 redo what they must (counted in model forward passes):
@@ -53,7 +55,7 @@ its tensors immediately.
 from __future__ import annotations
 
 import numbers
-from collections.abc import Callable, Hashable, Sequence
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from typing import Any, cast
 
 import numpy as np
@@ -62,7 +64,7 @@ from torch import nn
 
 from . import _ops
 from . import fusion as _fusion
-from ._hooks import Capture, batch_logits, capture, model_device, model_dtype
+from ._hooks import batch_logits, capture, model_device, model_dtype
 from .image import ImageLike, load_image
 from .layers import LayerSpec, candidate_layers, default_layer, resolve_layer, resolve_layers
 from .preprocess import PreprocessLike, as_preprocess
@@ -207,8 +209,17 @@ class Explainer:
         self._x = self._normalize(self._img)[None]
         self._generic = isinstance(layers, str) and _generic_candidates(model, cands)
 
-        cap = capture(model, self._x, cands, tgt, input_grad=True)
-        kept = [n for n in cands if self._usable(cap, n, strict=not self._generic)]
+        strict = not self._generic
+
+        def default_only(acts: Mapping[str, torch.Tensor]) -> list[str]:
+            # The backward pass goes only as deep as the default layer (the last usable candidate);
+            # other layers' gradients and the input gradient come from one more capture, if asked.
+            usable = [n for n in cands if self._usable(acts.get(n), strict)]
+            return usable[-1:]
+
+        # "auto" leaves out modules that run twice in one forward; a layer the user named must not.
+        cap = capture(model, self._x, cands, tgt, gradients=default_only, drop_reused=isinstance(layers, str))
+        kept = [n for n in cands if self._usable(cap.activations.get(n), strict)]
         if not isinstance(layers, str) and len(kept) < len(cands):
             bad = [n for n in cands if n not in kept]
             raise ValueError(
@@ -226,15 +237,13 @@ class Explainer:
         self._probs64 = torch.softmax(self._logits.double(), dim=0)
         self._probs = self._probs64.to(self._logits.dtype)
         self._acts: dict[str, torch.Tensor] = {n: cap.activations[n][0] for n in kept}
-        self._grads: dict[str, torch.Tensor] = {n: cap.gradients[n][0] for n in kept}
-        assert cap.input_grad is not None
-        self._input_grad = cap.input_grad[0]
+        self._grads: dict[str, torch.Tensor] = {n: g[0] for n, g in cap.gradients.items()}
+        self._input_grad: torch.Tensor | None = None
         self._cache: dict[Hashable, Any] = {}
 
     # ------------------------------------------------------------------ basics
     @staticmethod
-    def _usable(cap: Capture, name: str, strict: bool) -> bool:
-        a = cap.activations.get(name)
+    def _usable(a: torch.Tensor | None, strict: bool) -> bool:
         if a is None or a.dim() != 4:
             return False
         return strict or a.shape[-1] * a.shape[-2] > 1
@@ -369,12 +378,31 @@ class Explainer:
         return self._acts[self._layer(layer)]
 
     def gradient(self, layer: str) -> torch.Tensor:
-        """``g = dS_c/dA`` of a layer for the image and the target: ``(K, h, w)``."""
-        return self._grads[self._layer(layer)]
+        """``g = dS_c/dA`` of a layer for the image and the target: ``(K, h, w)``.
+
+        Construction computes the default layer's only (the backward pass stops there); the
+        first request for another candidate layer runs one forward + backward that records
+        every candidate layer's gradient and the input gradient at once.
+        """
+        name = self._layer(layer)
+        if name not in self._grads:
+            self._capture_all_gradients()
+        return self._grads[name]
 
     def input_gradient(self) -> torch.Tensor:
-        """``dS_c/dx`` of the model input: ``(3, H, W)``."""
+        """``dS_c/dx`` of the model input: ``(3, H, W)`` (computed on first request, see :meth:`gradient`)."""
+        if self._input_grad is None:
+            self._capture_all_gradients()
+        assert self._input_grad is not None
         return self._input_grad
+
+    def _capture_all_gradients(self) -> None:
+        """One forward + full backward: every candidate layer's ``dS_c/dA`` and ``dS_c/dx``."""
+        cap = capture(self._model, self._x, list(self._candidates), self._target, input_grad=True)
+        for n in self._candidates:
+            self._grads.setdefault(n, cap.gradients[n][0])
+        assert cap.input_grad is not None
+        self._input_grad = cap.input_grad[0]
 
     def finish(self, raw: torch.Tensor) -> torch.Tensor:
         """Feature-resolution raw map ``(h, w)`` -> ``(H, W)`` map spanning [0, 1] (see :meth:`_finish`)."""

@@ -2,10 +2,13 @@
 
 Expected counts (see the table in :mod:`camwidgets.core.explainer`):
 
-* construction: 1 forward (+ 1 backward) capturing every candidate layer;
-* gradient methods on a candidate layer: 0; on another layer: 1, once;
-* I-CAM: 1 batched forward of the n perturbations per (alpha, n, seed); threshold, bias
-  and sigma changes: 0;
+* construction: 1 forward recording every candidate layer, with a backward pass only as
+  deep as the default layer;
+* gradient methods on the default layer: 0; on any other candidate layer: 1 forward (+ full
+  backward) once, which records every candidate's gradient and the input gradient; on a
+  layer that is not a candidate: 1, once;
+* I-CAM: that all-layer capture once (its input saliency and per-layer maps), then 1 batched
+  forward of the n perturbations per (alpha, n, seed); threshold, bias and sigma changes: 0;
 * UnionCAM / Fusion-CAM: a theta change costs exactly 2 single-image forwards. This is
   the minimum: the combined map ``L_gr = normalise(β_g L_g + β_r L_r)`` needs ``β_g`` of the
   new denoised map first (forward 1), then its own contribution ``β_gr`` (forward 2). The
@@ -39,12 +42,17 @@ def setup(demo: nn.Module, image64: torch.Tensor, counter):
 def test_gradient_methods_need_no_pass(setup) -> None:
     exp, c = setup
     for m in ("gradcam", "gradcampp", "xgradcam", "layercam"):
+        getattr(exp, m)()
+    assert c.calls == 0  # the default layer's gradient came with construction
+    for m in ("gradcam", "gradcampp", "xgradcam", "layercam"):
         for layer in exp.candidate_layers:
             getattr(exp, m)(layer)
-    assert c.calls == 0
+    assert c.calls == 1  # one capture recorded every other candidate's gradient
+    exp.input_gradient()
+    assert c.calls == 1  # ... and the input gradient
     exp.gradcam("layer4.1.conv2")  # not a candidate: one capture, once
     exp.layercam("layer4.1.conv2")
-    assert c.calls == 1
+    assert c.calls == 2
 
 
 def test_scorecam_batches_and_cache(setup) -> None:
@@ -65,16 +73,16 @@ def test_scorecam_batches_and_cache(setup) -> None:
 def test_icam_stages(setup) -> None:
     exp, c = setup
     first = exp.icam(alpha=0.4, threshold=0.95, n=4)
-    assert c.calls == 1  # one batched forward (+ backward) of the 4 perturbations
+    assert c.calls == 2  # the all-layer capture, then one batched forward (+ backward) of the 4 perturbations
     assert exp.icam(alpha=0.4, threshold=0.95, n=4) is first
     exp.icam(alpha=0.4, threshold=0.6, n=4)
     exp.icam(alpha=0.4, threshold=0.6, n=4, bias="none")
     exp.icam(alpha=0.4, threshold=0.6, n=4, bias="spatial", sigma=0.5)
-    assert c.calls == 1  # threshold, bias, sigma: no model pass
+    assert c.calls == 2  # threshold, bias, sigma: no model pass
     exp.icam(alpha=0.2, threshold=0.95, n=4)
-    assert c.calls == 2  # alpha: the perturbation stage only
+    assert c.calls == 3  # alpha: the perturbation stage only
     exp.icam(alpha=0.4, threshold=0.8, n=4)
-    assert c.calls == 2  # back to a cached alpha
+    assert c.calls == 3  # back to a cached alpha
 
 
 @pytest.mark.parametrize("method", ["fusioncam", "unioncam"])
@@ -110,9 +118,9 @@ def test_icam_keeps_the_last_four_perturbation_stages(setup) -> None:
     exp, c = setup
     for alpha in (0.1, 0.2, 0.3, 0.4, 0.5):
         exp.icam(alpha=alpha, n=2)
-    assert c.calls == 5
+    assert c.calls == 6  # the all-layer capture once, then one perturbation stage per alpha
     exp.icam(alpha=0.5, n=2, threshold=0.7)
     exp.icam(alpha=0.2, n=2, threshold=0.7)
-    assert c.calls == 5  # still cached
+    assert c.calls == 6  # still cached
     exp.icam(alpha=0.1, n=2, threshold=0.7)
-    assert c.calls == 6  # the oldest stage was dropped and is recomputed
+    assert c.calls == 7  # the oldest stage was dropped and is recomputed

