@@ -9,6 +9,10 @@ soon as a newer request is waiting.
 
 Running off the kernel's main thread is what keeps the kernel free to receive the
 next slider message; ipykernel sends widget updates from any thread.
+
+:meth:`LatestRunner.close` drops the waiting job, refuses new ones and waits for the
+worker thread to end: a closed runner holds no job (nor what its closure references)
+and no thread.
 """
 
 from __future__ import annotations
@@ -44,24 +48,58 @@ class LatestRunner:
         self.submitted = 0
         #: The last exception a job raised (None if none has).
         self.last_error: BaseException | None = None
+        self._closed = False
+        self._thread: threading.Thread | None = None
 
     def submit(self, job: Callable[[], None]) -> None:
-        """Queue ``job``, replacing a job that is still waiting to start."""
+        """Queue ``job``, replacing a job that is still waiting to start (dropped once closed)."""
         with self._cond:
-            self.submitted += 1
-            self._pending = job
-            if self._running:
+            if self._closed:
                 return
+            self.submitted += 1
+            if self._running:
+                self._pending = job
+                return
+            # No job runs: this one starts now (a later submit cannot replace it any more).
             self._running = True
-        if self.background:
-            threading.Thread(target=self._loop, name="camwidgets-runner", daemon=True).start()
-        else:
-            self._loop()
+            self.started += 1
+            if self.background:
+                # Started under the lock, so that close() always finds the thread it has to join.
+                self._thread = threading.Thread(target=self._loop, args=(job,), name="camwidgets-runner",
+                                                daemon=True)
+                self._thread.start()
+                return
+        self._loop(job)
+
+    @property
+    def closed(self) -> bool:
+        """True once :meth:`close` was called."""
+        return self._closed
+
+    def close(self, timeout: float | None = None) -> bool:
+        """Drop the waiting job, refuse new ones and wait for the worker thread to end.
+
+        A job already running is not interrupted (it can poll :meth:`superseded`, which is true
+        from now on, or its own flag); returns False if it was still running after ``timeout``
+        seconds (the thread then ends as soon as that job returns). Closing again, or from inside
+        a job, is fine (inside a job nothing is waited for).
+        """
+        with self._cond:
+            self._closed = True
+            self._pending = None
+            self._on_error = None
+            thread = self._thread
+            self._cond.notify_all()
+        if thread is None or thread is threading.current_thread():
+            return True
+        thread.join(timeout)
+        return not thread.is_alive()
 
     def superseded(self) -> bool:
-        """True when a newer job is waiting: the running job should stop optional work."""
+        """True when a newer job is waiting, or the runner is closed: the running job should stop
+        optional work."""
         with self._cond:
-            return self._pending is not None
+            return self._pending is not None or self._closed
 
     @property
     def busy(self) -> bool:
@@ -74,19 +112,21 @@ class LatestRunner:
         with self._cond:
             return self._cond.wait_for(lambda: not self._running and self._pending is None, timeout)
 
-    def _loop(self) -> None:
+    def _loop(self, job: Callable[[], None]) -> None:
         while True:
-            with self._cond:
-                job, self._pending = self._pending, None
-                if job is None:
-                    self._running = False
-                    self._cond.notify_all()
-                    return
-                self.started += 1
             try:
                 job()
             except BaseException as err:  # reported, and the runner stays usable
                 self.last_error = err
-                if self._on_error is not None:
+                on_error = self._on_error  # None once closed
+                if on_error is not None:
                     with contextlib.suppress(Exception):  # an error handler must never kill the worker
-                        self._on_error(err)
+                        on_error(err)
+            with self._cond:
+                pending, self._pending = self._pending, None
+                if pending is None:
+                    self._running = False
+                    self._cond.notify_all()
+                    return
+                job = pending
+                self.started += 1

@@ -23,13 +23,15 @@ from ..core.preprocess import Preprocess
 from ..datasets.samples import list_samples, load_sample
 from ..viz.cam import COLORSCALES
 from ._runner import LatestRunner
-from .panes import METHOD_LABELS, FusionPanel, LayerPanel, MapPane, MetricsPanel
+from .panes import METHOD_LABELS, FusionPanel, LayerPanel, MapPane, MetricsPanel, close_widgets
 
 __all__ = ["DEFAULT_METHODS", "CAMExplorer"]
 
 #: Methods shown when none are given.
 DEFAULT_METHODS: tuple[str, ...] = ("gradcam", "layercam", "icam", "fusioncam")
 _EXPLAINER_CACHE = 4
+#: Seconds close() waits for a running computation to stop (it stops at the core's next checkpoint).
+_CLOSE_TIMEOUT = 30.0
 _PANE_TITLES = {"icam_scores": "I-CAM layer scores", "icam_maps": "I-CAM per-layer maps",
                 "perturbations": "I-CAM perturbations", "fusion": "Fusion-CAM components",
                 "metrics": "Metrics", "curves": "Insertion / deletion"}
@@ -79,6 +81,9 @@ class CAMExplorer(widgets.VBox):
         The core's result object for each shown method.
     timings : dict
         Seconds the last update took: ``"maps"``, ``"metrics"``, ``"curves"``.
+
+    :meth:`close` closes every widget of the explorer, stops its workers and releases its
+    explainers; a closed explorer computes nothing more.
     """
 
     alpha = Float(0.4, help="I-CAM perturbation strength α in [0, 1]")
@@ -98,6 +103,9 @@ class CAMExplorer(widgets.VBox):
                  curve_steps: int = 50, background: bool = True, alpha: float = 0.4,
                  threshold: float = 0.95, theta: float = 10.0, bias: str = "channel",
                  n_perturbations: int = 8) -> None:
+        # First: close() (also run by ipywidgets' __del__) must work on an explorer whose construction failed.
+        self._closed = False
+        self._links: list[Any] = []
         if model is None:
             from ..models.demo import load_demo_model
 
@@ -192,8 +200,12 @@ class CAMExplorer(widgets.VBox):
                                 continuous_update=True, readout_format=".2f" if step < 1 else ".0f",
                                 style={"description_width": "initial"},
                                 layout=widgets.Layout(width="300px"))
-        widgets.link((s, "value"), (self, trait))
+        self._link(s, trait)
         return s
+
+    def _link(self, control: widgets.Widget, trait: str) -> None:
+        """Link ``control.value`` to the trait (kept, so that close() can unlink it)."""
+        self._links.append(widgets.link((control, "value"), (self, trait)))
 
     def _build(self) -> None:
         samples = list_samples()
@@ -224,14 +236,14 @@ class CAMExplorer(widgets.VBox):
         }
         self.n_slider = widgets.IntSlider(value=self.n_perturbations, min=1, max=32, description="n (I-CAM)",
                                           continuous_update=False, layout=widgets.Layout(width="300px"))
-        widgets.link((self.n_slider, "value"), (self, "n_perturbations"))
+        self._link(self.n_slider, "n_perturbations")
         # ipywidgets 8 draws a ToggleButtons description above the buttons: a Label beside them instead.
         self.bias_picker = widgets.ToggleButtons(options=["channel", "spatial", "none"], value=self.bias,
                                                  style={"button_width": "84px"}, layout=widgets.Layout(width="auto"))
-        widgets.link((self.bias_picker, "value"), (self, "bias"))
+        self._link(self.bias_picker, "bias")
         self.colorscale_picker = widgets.Dropdown(options=list(COLORSCALES), value=self.colorscale,
                                                   description="colours", layout=widgets.Layout(width="200px"))
-        widgets.link((self.colorscale_picker, "value"), (self, "colorscale"))
+        self._link(self.colorscale_picker, "colorscale")
         self.export_folder = widgets.Text(value="camwidgets-export", description="export to",
                                           layout=widgets.Layout(width="300px"))
         self.export_buttons = {k: widgets.Button(description=label, icon="download",
@@ -361,8 +373,10 @@ class CAMExplorer(widgets.VBox):
         """Show a new image (sample name, path, bytes, PIL, array or tensor).
 
         A bad image shows its error in the status line and leaves the explorer as it was;
-        returns whether the image was accepted.
+        returns whether the image was accepted (a closed explorer accepts none).
         """
+        if self._closed:
+            return False
         try:
             img, key, auto_label = self._load(image)
         except ValueError as err:
@@ -397,6 +411,39 @@ class CAMExplorer(widgets.VBox):
                     return False
             if not (self._runner.busy or self._metrics_runner.busy):
                 return True
+
+    def close(self) -> None:
+        """Close the explorer: every widget in it, its links and workers; release its explainers.
+
+        Every widget of the explorer (controls, panes, Plotly figures, layouts and styles, also
+        those held only as attributes) leaves ipywidgets' registry and closes its comm; the
+        sliders' links are unlinked; a computation still running stops at the core's next
+        checkpoint, waiting ones are dropped and both worker threads end; the explainers (the
+        model's cached activations and gradients) and results are released. The model is not
+        touched. From then on trait changes compute nothing. Closing again is fine.
+        """
+        if getattr(self, "_closed", True):  # closed already, or construction failed before __init__ began
+            return
+        self._closed = True
+        self._ready = False  # trait observers return at once
+        # Running metrics are stale now: they stop at the core's next checkpoint.
+        self._generation = getattr(self, "_generation", 0) + 1
+        for runner in (getattr(self, "_runner", None), getattr(self, "_metrics_runner", None)):
+            if runner is not None:
+                runner.close(_CLOSE_TIMEOUT)
+        for link in self._links:
+            link.unlink()
+        self._links.clear()
+        close_widgets(self, owner=self)
+        self._release()
+
+    def _release(self) -> None:
+        """Drop what a closed explorer no longer needs: explainers, results, metric caches."""
+        for name in ("_explainers", "_metrics_cache"):
+            cache = getattr(self, name, None)
+            if cache is not None:
+                cache.clear()
+        self.results = {}  # a new dict: one the caller holds stays as it was
 
     @property
     def explainer(self) -> Explainer | None:
@@ -501,7 +548,7 @@ class CAMExplorer(widgets.VBox):
         self.progress.value = 0.05
         self.progress.bar_style = "info"
         self._generation += 1
-        self._runner.submit(self._update)
+        self._runner.submit(self._run_update)
 
     def _show_error(self, err: BaseException) -> None:
         text = str(err) or type(err).__name__
@@ -544,6 +591,18 @@ class CAMExplorer(widgets.VBox):
         options += [(f"{names[i]}", i) for i in range(len(probs)) if i not in top]
         self.target_picker.options = options
         self._show_target()
+
+    def _run_update(self) -> None:
+        """The map worker's job: :meth:`_update`, stopped at the core's next checkpoint by close()."""
+        try:
+            with cancel_when(lambda: self._closed):
+                if not self._closed:
+                    self._update()
+        except Cancelled:
+            pass
+        finally:
+            if self._closed:  # closed while it ran (close() did not wait long enough): nothing kept
+                self._release()
 
     def _update(self) -> None:
         gen = self._generation  # first: a request made after this line makes this update's metrics stale

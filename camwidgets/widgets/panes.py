@@ -4,11 +4,15 @@ A pane renders results; it computes nothing. :class:`~camwidgets.widgets.CAMExpl
 composes them, and each also works on its own::
 
     pane = MapPane("gradcam", image); pane.update(explainer.gradcam()); display(pane)
+
+A pane's :meth:`close` closes every widget it holds (its FigureWidgets, their layouts),
+not only its own box: a closed widget leaves ipywidgets' registry of live widgets, and
+a widget left there stays alive (with what its callbacks reference) for the whole session.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import ipywidgets as widgets
@@ -31,7 +35,73 @@ METHOD_LABELS: dict[str, str] = {
 }
 
 
-class MapPane(widgets.VBox):
+def _held_widgets(value: Any, depth: int = 3) -> Iterator[widgets.Widget]:
+    """Widgets in ``value`` or in its dicts, lists and tuples (``depth`` levels down)."""
+    if isinstance(value, widgets.Widget):
+        yield value
+    elif depth > 0 and isinstance(value, (dict, list, tuple)):
+        for item in value.values() if isinstance(value, dict) else value:
+            yield from _held_widgets(item, depth - 1)
+
+
+def _ours(obj: object) -> bool:
+    return any(c.__module__.startswith("camwidgets.") for c in type(obj).__mro__)
+
+
+def widgets_under(root: widgets.Widget) -> list[widgets.Widget]:
+    """``root`` and every widget it holds: its widget-valued traits (children, layout, style),
+    recursively, and, for camwidgets' own widgets, the widgets held as attributes (also in
+    dicts, lists and tuples), which need not be in the children tree."""
+    found: dict[int, widgets.Widget] = {}
+    stack: list[widgets.Widget] = [root]
+    while stack:
+        w = stack.pop()
+        if id(w) in found:
+            continue
+        found[id(w)] = w
+        for name in w.keys:
+            try:
+                value = getattr(w, name)
+            except Exception:  # a trait that cannot be read holds no widget of ours
+                continue
+            stack.extend(_held_widgets(value, 1))
+        if _ours(w):
+            stack.extend(_held_widgets(list(vars(w).values())))
+    return list(found.values())
+
+
+def close_widgets(root: widgets.Widget, owner: object | None = None) -> None:
+    """Close ``root`` and every widget it holds (see :func:`widgets_under`).
+
+    Each one leaves ipywidgets' registry and closes its comm (the kernel's comm registry drops
+    it). Buttons forget their click callbacks, and observers that are methods of ``owner``
+    are removed, so that a closed widget someone still holds keeps nothing of ``owner`` alive;
+    panes drop the result they showed. Closing again is fine.
+    """
+    for w in widgets_under(root):
+        if owner is not None:
+            for name, by_type in list(w._trait_notifiers.items()):
+                for kind, handlers in list(by_type.items()):
+                    for handler in list(handlers):
+                        if getattr(handler, "__self__", None) is owner:
+                            w.unobserve(handler, names=name, type=kind)
+        if isinstance(w, widgets.Button):
+            for callback in list(w._click_handlers.callbacks):
+                w.on_click(callback, remove=True)
+        if isinstance(w, _Pane):
+            w.result = None  # the core's result (maps, per-layer maps, perturbations)
+        widgets.Widget.close(w)  # the base close: the panes' own close() walks the tree again
+
+
+class _Pane(widgets.VBox):
+    result: Any = None
+
+    def close(self) -> None:
+        """Close the pane and every widget in it (its figures included); closing again is fine."""
+        close_widgets(self)
+
+
+class MapPane(_Pane):
     """One method's map over the image, with hover values.
 
     Attributes
@@ -67,7 +137,7 @@ class MapPane(widgets.VBox):
         vz.update_map_figure(self.figure, opacity=opacity, colorscale=colorscale)
 
 
-class LayerPanel(widgets.VBox):
+class LayerPanel(_Pane):
     """I-CAM's internals: layer scores with T's selection, per-layer maps, perturbations."""
 
     def __init__(self, result: Any | None = None) -> None:
@@ -85,16 +155,21 @@ class LayerPanel(widgets.VBox):
         if result is self.result:
             return False
         old = self.result
+        replaced: list[widgets.Widget] = []
         layers = tuple(result.candidate_layers)
         if layers != self._layers:  # a new model: the grid's slots change, once
             self._layers = layers
+            replaced += [self.maps, self.scores]
             self.maps = go.FigureWidget(vz.layer_maps_figure(result))
             self.scores = go.FigureWidget(vz.layer_scores_figure(result))
         n = int(result.perturbations.shape[0])
         if n != self._n:  # the number of perturbations changed: new slots
             self._n = n
+            replaced.append(self.perturbations)
             self.perturbations = go.FigureWidget(vz.perturbations_figure(result))
         self.children = (self.scores, self.maps, self.perturbations)
+        for fig in replaced:  # shown nowhere now: closed, or they stay registered for the session
+            close_widgets(fig)
         vz.update_layer_scores_figure(self.scores, result)
         vz.update_layer_maps_figure(self.maps, result)
         if old is None or old.perturbations is not result.perturbations:
@@ -103,7 +178,7 @@ class LayerPanel(widgets.VBox):
         return True
 
 
-class FusionPanel(widgets.VBox):
+class FusionPanel(_Pane):
     """Fusion-CAM's components (denoised gradient map, region map, combination, similarity) and β."""
 
     def __init__(self, result: Any | None = None) -> None:
@@ -120,7 +195,7 @@ class FusionPanel(widgets.VBox):
         return True
 
 
-class MetricsPanel(widgets.VBox):
+class MetricsPanel(_Pane):
     """A metrics table (one row per method) and the insertion / deletion curves."""
 
     def __init__(self) -> None:
