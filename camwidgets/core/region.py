@@ -1,4 +1,4 @@
-"""Region-based channel weights: Score-CAM and Ablation-CAM, batched (SPEC §1-2).
+"""Region-based channel weights: Score-CAM and Ablation-CAM, batched; the layer-substitution passes.
 
 Both methods weight the channels ``A_k`` of one layer by forward passes of the model
 and return the raw map ``ReLU(sum_k w_k A_k)`` at feature resolution (normalising and
@@ -32,19 +32,27 @@ Ablation-CAM (Desai & Ramaswamy 2020; reference pytorch-grad-cam ``AblationCAM``
     ``w_k = (y − y_k) / y`` on the target logit. pytorch-grad-cam takes that minimum
     over the whole ablation batch *after* earlier rows were ablated, so on layers with
     negative activations its ablation value drifts by −1e7 per row; camwidgets uses the
-    minimum of the image's own activation (SPEC §1). The two agree wherever the minimum
+    minimum of the image's own activation. The two agree wherever the minimum
     is 0 (every ReLU-terminated block). All-zero channels are skipped exactly when the
     ablation value is 0 (the ablated output equals the original, so ``y_k = y`` and
     ``w_k = 0``).
 
-    The layers before the ablated one run once per batch on a single image (the hook
-    broadcasts the ablated activations to the batch); if the architecture cannot mix a
-    single-image prefix with a batched suffix (e.g. a concatenation across the layer)
-    the input itself is repeated, as pytorch-grad-cam does.
+    The ablated feature maps go through the rest of the network with
+    :func:`substituted_layer_passes`.
+
+Layer substitution (:func:`substituted_layer_passes`, shared by Ablation-CAM and Recipro-CAM)
+    A forward hook on the layer returns a batch of ``N`` replacement feature maps while
+    the model's input is the single image, so the layers before it run once per pass on
+    one image and the rest of the network runs on the ``N`` maps (tensors from before
+    the layer that are used after it, e.g. a residual branch's identity, broadcast from
+    batch 1). If the architecture cannot mix a single-image prefix with a batched suffix
+    (e.g. a concatenation across the layer, or an output that is not ``N`` rows) the
+    input itself is repeated ``N`` times from then on, as pytorch-grad-cam does.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -55,7 +63,7 @@ from torch import nn
 from ._hooks import checkpoint, eval_mode, model_device, model_dtype, model_lock
 
 __all__ = ["RegionWeights", "ScoreCAMVariant", "ablationcam_weights", "region_map", "scorecam_masks",
-           "scorecam_weights"]
+           "scorecam_weights", "substituted_layer_passes"]
 
 ScoreCAMVariant = Literal["gradcam", "paper"]
 
@@ -101,6 +109,75 @@ def scorecam_masks(activation: torch.Tensor, size: tuple[int, int], eps: float =
     return (up - lo) / (hi - lo + eps)
 
 
+def substituted_layer_passes(model: nn.Module, x: torch.Tensor, layer: str, chunks: Sequence[torch.Tensor],
+                             features: Callable[[torch.Tensor], torch.Tensor],
+                             reduce: Callable[[torch.Tensor], torch.Tensor]) -> tuple[torch.Tensor, int]:
+    """Run the network after ``layer`` on batches of replacement feature maps, the part before it on one image.
+
+    For each ``idx`` of ``chunks`` (``N = len(idx)``): ``features(idx)`` gives ``N`` feature maps
+    ``(N, K, h, w)`` that a forward hook returns (a new tensor at each call, since the rest of
+    the network may modify it in place) in place of the layer's output while the model runs on
+    ``x`` ``(1, 3, H, W)``; ``reduce(logits)`` turns the ``(N, C)`` output into what is kept
+    (e.g. the target's logit or probability, ``(N,)``). See the module docstring for the
+    single-image prefix and its fallback (the input repeated ``N`` times).
+
+    The model's lock (:func:`~camwidgets.core._hooks.model_lock`) is held from before the
+    hook is registered until after it is removed (also on error or cancellation: no other
+    thread's pass can go through it); the model runs in eval mode under
+    ``torch.inference_mode`` and :func:`~camwidgets.core._hooks.checkpoint` is called before
+    each batch.
+
+    Returns
+    -------
+    (Tensor, int)
+        ``reduce``'s outputs concatenated in the order of ``chunks`` (an empty tensor for no
+        chunks), and the number of forward passes started (a refused single-image attempt
+        included).
+    """
+    device, dtype = model_device(model), model_dtype(model)
+    x = x.to(device=device, dtype=dtype)
+    module = model.get_submodule(layer)
+    state: dict[str, torch.Tensor] = {}
+
+    def hook(mod: nn.Module, args: object, output: object) -> torch.Tensor:
+        # Made afresh at each call: the rest of the network may modify it in place (``out += identity``),
+        # and a refused single-image attempt is followed by a second pass of the same chunk.
+        return features(state["idx"]).to(dtype)
+
+    outputs: list[torch.Tensor] = []
+    broadcast_prefix = True
+    passes = 0
+    # The hook would alter another thread's passes of the model: its lock is held from before it is registered.
+    with model_lock(model):
+        handle = module.register_forward_hook(hook)
+        try:
+            with torch.inference_mode(), eval_mode(model):
+                for idx in chunks:
+                    checkpoint()
+                    n = int(idx.shape[0])
+                    state["idx"] = idx
+                    logits = None
+                    if broadcast_prefix:
+                        passes += 1  # counted even if it fails part-way
+                        try:
+                            logits = model(x)
+                            if not isinstance(logits, torch.Tensor) or logits.shape[0] != n:
+                                logits = None
+                        except RuntimeError:
+                            logits = None
+                        if logits is None:
+                            broadcast_prefix = False
+                    if logits is None:
+                        logits = model(x.expand(n, -1, -1, -1))
+                        passes += 1
+                    outputs.append(reduce(logits))
+        finally:
+            handle.remove()
+            state.clear()
+    out = torch.cat(outputs) if outputs else torch.empty(0, device=device)
+    return out.clone(), passes  # a normal (non-inference) tensor
+
+
 def _check_batch_size(batch_size: int) -> int:
     if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}.")
@@ -111,7 +188,7 @@ def scorecam_weights(model: nn.Module, x: torch.Tensor, activation: torch.Tensor
                      batch_size: int = 32, variant: str = "gradcam",
                      baseline_probability: float = 0.0, skip_zero: bool = True,
                      channels_last: bool | None = None) -> RegionWeights:
-    """Score-CAM channel weights (SPEC §2), batched, skipping all-zero channels exactly.
+    """Score-CAM channel weights, batched, skipping all-zero channels exactly.
 
     Parameters
     ----------
@@ -190,7 +267,7 @@ def scorecam_weights(model: nn.Module, x: torch.Tensor, activation: torch.Tensor
 def ablationcam_weights(model: nn.Module, x: torch.Tensor, layer: str, activation: torch.Tensor,
                         target: int, score: float, *, batch_size: int = 32,
                         skip_zero: bool = True) -> RegionWeights:
-    """Ablation-CAM channel weights ``w_k = (y − y_k) / y`` (SPEC §1), batched.
+    """Ablation-CAM channel weights ``w_k = (y − y_k) / y``, batched.
 
     Parameters
     ----------
@@ -228,44 +305,17 @@ def ablationcam_weights(model: nn.Module, x: torch.Tensor, layer: str, activatio
         zero = torch.zeros(k, dtype=torch.bool, device=device)
     run = torch.nonzero(~zero).flatten()
     scores = torch.full((k,), float(score), dtype=torch.float32, device=device)
-    module = model.get_submodule(layer)
-    state: dict[str, torch.Tensor] = {}
 
-    def hook(mod: nn.Module, args: object, output: object) -> torch.Tensor:
-        idx = state["idx"]
+    def ablated(idx: torch.Tensor) -> torch.Tensor:
         out = act.unsqueeze(0).repeat(idx.numel(), 1, 1, 1)
         out[torch.arange(idx.numel(), device=device), idx] = value
         return out
 
-    broadcast_prefix = True
-    passes = 0
-    # The hook would alter another thread's passes of the model: its lock is held from before it is registered.
-    with model_lock(model):
-        handle = module.register_forward_hook(hook)
-        try:
-            with torch.inference_mode(), eval_mode(model):
-                for start in range(0, int(run.numel()), batch_size):
-                    checkpoint()
-                    idx = run[start:start + batch_size]
-                    state["idx"] = idx
-                    logits = None
-                    if broadcast_prefix:
-                        passes += 1  # counted even if it fails part-way
-                        try:
-                            logits = model(x)
-                            if logits.shape[0] != idx.numel():
-                                logits = None
-                        except RuntimeError:
-                            logits = None
-                        if logits is None:
-                            broadcast_prefix = False
-                    if logits is None:
-                        logits = model(x.expand(idx.numel(), -1, -1, -1))
-                        passes += 1
-                    scores[idx] = logits[:, target].float()
-        finally:
-            handle.remove()
-            state.clear()
+    chunks = [run[start:start + batch_size] for start in range(0, int(run.numel()), batch_size)]
+    logits, passes = substituted_layer_passes(model, x, layer, chunks, ablated,
+                                              lambda out: out[:, target].float())
+    if chunks:
+        scores[run] = logits
     y = float(score)
     weights = (y - scores) / y
     return RegionWeights(weights=weights.clone(), scores=scores.clone(), skipped=zero.clone(),
