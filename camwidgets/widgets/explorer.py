@@ -6,7 +6,7 @@ import html
 import json
 import time
 from collections import OrderedDict
-from collections.abc import Hashable, Sequence
+from collections.abc import Hashable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 from weakref import WeakKeyDictionary
@@ -16,10 +16,11 @@ import torch
 from traitlets import Enum, Float, Int, List, TraitError, Unicode, observe, validate
 
 from ..core import Cancelled, cancel_when
+from ..core import methods as _registry
 from ..core import metrics as M
 from ..core.explainer import Explainer
 from ..core.image import load_image
-from ..core.preprocess import Preprocess
+from ..core.preprocess import PreprocessLike, as_preprocess
 from ..datasets.samples import list_samples, load_sample
 from ..viz.cam import COLORSCALES
 from ._runner import LatestRunner
@@ -28,7 +29,9 @@ from .panes import METHOD_LABELS, FusionPanel, LayerPanel, MapPane, MetricsPanel
 __all__ = ["DEFAULT_METHODS", "CAMExplorer"]
 
 #: Methods shown when none are given.
-DEFAULT_METHODS: tuple[str, ...] = ("gradcam", "layercam", "icam", "fusioncam")
+DEFAULT_METHODS: tuple[str, ...] = tuple(m.name for m in _registry.methods() if m.in_explorer)
+#: Parameters every method that has them shares with the explorer's own controls (trait name).
+_SHARED_PARAMS = {"alpha": "alpha", "threshold": "threshold", "theta": "theta", "bias": "bias", "n": "n_perturbations"}
 _EXPLAINER_CACHE = 4
 #: Seconds close() waits for a running computation to stop (it stops at the core's next checkpoint).
 _CLOSE_TIMEOUT = 30.0
@@ -50,9 +53,9 @@ class CAMExplorer(widgets.VBox):
     target : int, optional
         Class to explain; None explains the predicted class.
     methods : sequence of str, optional
-        Methods shown, from ``gradcam``, ``layercam``, ``icam``, ``fusioncam`` (the default
-        four), ``gradcampp``, ``xgradcam``, ``scorecam``, ``unioncam``.
-    preprocess : Preprocess, optional
+        Methods shown: any names from ``camwidgets.methods()`` (each has a toggle); by default
+        the registry's entries marked ``in_explorer`` (:data:`DEFAULT_METHODS`).
+    preprocess : Preprocess or torchvision transform, optional
         The model's preprocessing (required with a user model unless the model takes
         ``[0, 1]`` pixels as they are).
     class_names : sequence of str, optional
@@ -62,6 +65,11 @@ class CAMExplorer(widgets.VBox):
         drawn (the next slider move does not wait for them; stale metrics are dropped).
     curves : bool, default True
         Then compute insertion / deletion AUC and curves (``curve_steps`` steps).
+    method_params : {method: {parameter: value}}, optional
+        Values of the methods' own parameters (e.g. ``{"fusioncam": {"region": "reciprocam"}}``);
+        each shown method gets a control for every parameter its registry entry marks as a
+        control. α, T, θ, the bias and n are the explorer's shared sliders instead: every method
+        with a parameter of that name (``alpha``, ``threshold``, ``theta``, ``bias``, ``n``) uses them.
     background : bool, default True
         Compute on a worker thread (one computation at a time, the latest value wins).
         False computes synchronously in the trait change (scripts, debugging).
@@ -98,11 +106,11 @@ class CAMExplorer(widgets.VBox):
     message = Unicode("", help="the last error shown in the status line ('' if none)")
 
     def __init__(self, model: torch.nn.Module | None = None, image: Any = None, target: int | None = None,
-                 methods: Sequence[str] | None = None, *, preprocess: Preprocess | None = None,
+                 methods: Sequence[str] | None = None, *, preprocess: PreprocessLike = None,
                  class_names: Sequence[str] | None = None, metrics: bool = True, curves: bool = True,
                  curve_steps: int = 50, background: bool = True, alpha: float = 0.4,
                  threshold: float = 0.95, theta: float = 10.0, bias: str = "channel",
-                 n_perturbations: int = 8) -> None:
+                 n_perturbations: int = 8, method_params: Mapping[str, Mapping[str, Any]] | None = None) -> None:
         # First: close() (also run by ipywidgets' __del__) must work on an explorer whose construction failed.
         self._closed = False
         self._links: list[Any] = []
@@ -118,7 +126,17 @@ class CAMExplorer(widgets.VBox):
         if not isinstance(model, torch.nn.Module):
             raise ValueError(f"model must be a torch.nn.Module, not {type(model).__name__}.")
         self.model = model
-        self.preprocess = preprocess
+        self.preprocess = as_preprocess(preprocess)
+        # Every method's own parameters (not the shared sliders), checked against the registry now.
+        self.method_params: dict[str, dict[str, Any]] = {}
+        for name, values in (method_params or {}).items():
+            spec = _registry.get(name)
+            shared = [k for k in values if k in _SHARED_PARAMS]
+            if shared:
+                raise ValueError(f"method_params[{name!r}]: {shared} are the explorer's shared controls; pass "
+                                 f"them as CAMExplorer({', '.join(f'{_SHARED_PARAMS[k]}=...' for k in shared)}).")
+            spec.resolve(values)  # unknown names or values out of range: a ValueError now
+            self.method_params[name] = dict(values)
         self.class_names = list(class_names) if class_names is not None else None
         self.compute_metrics, self.compute_curves, self.curve_steps = metrics, curves, int(curve_steps)
         self.figures: dict[str, Any] = {}
@@ -262,6 +280,9 @@ class CAMExplorer(widgets.VBox):
         self.fusion_panel = FusionPanel()
         self.metrics_panel = MetricsPanel()
         self.maps_box = widgets.HBox(layout=widgets.Layout(flex_flow="row wrap"))
+        # Each shown method's own parameters (from the method registry), e.g. Fusion-CAM's region map.
+        self.param_controls: dict[str, dict[str, widgets.Widget]] = {}
+        self.options_box = widgets.HBox(layout=widgets.Layout(flex_flow="row wrap"))
         self._refresh_visible()
         self.icam_box = widgets.VBox([widgets.HTML("<b>I-CAM: layers and perturbations</b>"), self.layer_panel])
         self.fusion_box = widgets.VBox([widgets.HTML("<b>Fusion-CAM: components</b>"), self.fusion_panel])
@@ -271,6 +292,7 @@ class CAMExplorer(widgets.VBox):
             widgets.HBox(list(self.method_toggles.values()), layout=widgets.Layout(flex_flow="row wrap")),
             widgets.HBox([self.sliders["alpha"], self.sliders["threshold"], self.sliders["theta"]]),
             widgets.HBox([widgets.Label("bias (I-CAM)"), self.bias_picker, self.n_slider]),
+            self.options_box,
             widgets.HBox([self.sliders["opacity"], self.colorscale_picker]),
             widgets.HBox([self.export_folder, *self.export_buttons.values()]),
             widgets.HBox([self.progress, self.status]),
@@ -294,8 +316,46 @@ class CAMExplorer(widgets.VBox):
                 self._collect_figures()
         return self.panes[method]
 
+    def _param_control(self, method: str, param: _registry.Param) -> widgets.Widget:
+        """A control for one registry parameter (slider, dropdown or checkbox), built from its entry."""
+        label = f"{param.name} ({METHOD_LABELS[method]})"
+        value = self.method_params.get(method, {}).get(param.name, param.default)
+        common: dict[str, Any] = {"description": label, "style": {"description_width": "initial"},
+                                  "tooltip": param.help}
+        w: widgets.Widget
+        if param.kind == "choice":
+            w = widgets.Dropdown(options=list(param.allowed()), value=value, layout=widgets.Layout(width="260px"),
+                                 **common)
+        elif param.kind == "bool":
+            w = widgets.Checkbox(value=bool(value), indent=False, **common)
+        else:
+            cls = widgets.IntSlider if param.kind == "int" else widgets.FloatSlider
+            lo = param.low if param.low is not None else 0
+            hi = param.high if param.high is not None else max(10 * abs(float(value)), 1)
+            w = cls(value=value, min=lo, max=hi, step=param.step or (1 if param.kind == "int" else 0.01),
+                    continuous_update=False, layout=widgets.Layout(width="300px"), **common)
+
+        def changed(change: dict[str, Any], m: str = method, p: str = param.name) -> None:
+            if not self._ready:
+                return
+            self.method_params.setdefault(m, {})[p] = change["new"]
+            self._request()
+
+        w.observe(changed, "value")
+        return w
+
+    def _options_for(self, method: str) -> list[widgets.Widget]:
+        """The controls of ``method``'s own parameters (built once; none for the shared ones)."""
+        if method not in self.param_controls:
+            self.param_controls[method] = {
+                p.name: self._param_control(method, p) for p in _registry.get(method).params
+                if p.control and p.kind != "layer" and p.name not in _SHARED_PARAMS}
+        return list(self.param_controls[method].values())
+
     def _refresh_visible(self) -> None:
         self.maps_box.children = [self._pane(m) for m in METHOD_LABELS if m in self.methods]
+        if hasattr(self, "options_box"):
+            self.options_box.children = [w for m in METHOD_LABELS if m in self.methods for w in self._options_for(m)]
         if hasattr(self, "icam_box"):
             self.icam_box.layout.display = None if "icam" in self.methods else "none"
             self.fusion_box.layout.display = None if "fusioncam" in self.methods else "none"
@@ -573,14 +633,16 @@ class CAMExplorer(widgets.VBox):
             self._explainers.popitem(last=False)
         return exp
 
+    def _method_params(self, method: str) -> dict[str, Any]:
+        """The parameters ``method`` runs with: the shared sliders (α, T, θ, bias, n) where the
+        method has such a parameter, then the values of its own controls (registry defaults)."""
+        spec = _registry.get(method)
+        params = {p: getattr(self, t) for p, t in _SHARED_PARAMS.items() if p in spec.param_names}
+        params.update(self.method_params.get(method, {}))
+        return params
+
     def _run_method(self, exp: Explainer, method: str) -> Any:
-        if method == "icam":
-            return exp.icam(alpha=self.alpha, threshold=self.threshold, n=self.n_perturbations, bias=self.bias)
-        if method == "fusioncam":
-            return exp.fusioncam(theta=self.theta)
-        if method == "unioncam":
-            return exp.unioncam(theta=self.theta)
-        return getattr(exp, method)()
+        return exp.explain(method, **self._method_params(method))
 
     def _update_targets(self, exp: Explainer) -> None:
         probs = exp.probabilities

@@ -18,21 +18,13 @@ from typing import Any
 import ipywidgets as widgets
 import plotly.graph_objects as go
 
+from ..core.methods import methods
 from ..viz import cam as vz
 
 __all__ = ["METHOD_LABELS", "FusionPanel", "LayerPanel", "MapPane", "MetricsPanel"]
 
-#: Display names of the methods, in the order the explorer offers them.
-METHOD_LABELS: dict[str, str] = {
-    "gradcam": "Grad-CAM",
-    "layercam": "LayerCAM",
-    "icam": "I-CAM",
-    "fusioncam": "Fusion-CAM",
-    "gradcampp": "Grad-CAM++",
-    "xgradcam": "XGrad-CAM",
-    "scorecam": "Score-CAM",
-    "unioncam": "UnionCAM",
-}
+#: Display names of the methods, from the method registry (registry order).
+METHOD_LABELS: dict[str, str] = {m.name: m.label for m in methods()}
 
 
 def _held_widgets(value: Any, depth: int = 3) -> Iterator[widgets.Widget]:
