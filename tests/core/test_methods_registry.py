@@ -127,3 +127,28 @@ def test_fusion_accepts_any_region_method(exp: Explainer) -> None:
 def test_unknown_attribute_names_the_methods(exp: Explainer) -> None:
     with pytest.raises(AttributeError, match="the methods are gradcam"):
         exp.gradcamm  # noqa: B018
+
+
+def test_no_other_list_of_method_names() -> None:
+    # Method names appear as string literals only in the registry's package, except where a
+    # name means something else or picks a method-specific detail pane (listed with the reason).
+    import ast
+    from pathlib import Path
+
+    allowed = {
+        ("core/__init__.py", "icam"),            # the submodule camwidgets.core.icam
+        ("core/region.py", "gradcam"),           # Score-CAM's variant named after pytorch-grad-cam
+        ("core/explainer.py", "gradcam"),        # explain_batch's default method
+        ("widgets/explorer.py", "icam"),         # I-CAM's layer / perturbation detail panes
+        ("widgets/explorer.py", "fusioncam"),    # Fusion-CAM's component detail pane
+    }
+    root = Path(camwidgets.__file__).parent
+    found = set()
+    for path in root.rglob("*.py"):
+        rel = path.relative_to(root).as_posix()
+        if rel.startswith("core/methods/"):
+            continue
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Constant) and node.value in registry.REGISTRY:
+                found.add((rel, node.value))
+    assert found <= allowed, sorted(found - allowed)
