@@ -183,7 +183,7 @@ class Explainer:
             )
         preprocess = as_preprocess(preprocess)  # a camwidgets Preprocess, a torchvision transform, or None
         tgt = _check_target(target)
-        n_static = _static_num_classes(model)
+        n_static = _static_num_classes(model) if tgt is not None else None
         if tgt is not None and n_static is not None and tgt >= n_static:
             raise ValueError(
                 f"Target class {tgt} is out of range: the model has {n_static} classes "
@@ -195,8 +195,11 @@ class Explainer:
                                  "For a single layer use layers=[name].")
             cands = candidate_layers(model)
         else:
-            hints = candidate_layers(model) if _has_any_conv(model) else []
-            cands = resolve_layers(model, list(layers), hints)
+            try:
+                cands = resolve_layers(model, list(layers))
+            except ValueError:  # again, with the model's candidate layers as suggestions in the message
+                resolve_layers(model, list(layers), candidate_layers(model) if _has_any_conv(model) else [])
+                raise
             if not cands:
                 raise ValueError("layers is empty; pass 'auto' or at least one layer name.")
 

@@ -263,6 +263,11 @@ def resolve_layer(model: nn.Module, layer: LayerSpec, candidates: Sequence[str] 
     if not isinstance(layer, str):
         raise ValueError(f"layer must be a dotted name (str) or a submodule, got {type(layer).__name__}.")
     layer = strip_compiled_prefix(model, layer)
+    try:  # the common case, without walking every module
+        if layer and model.get_submodule(layer) is not model:
+            return layer
+    except AttributeError:
+        pass
     names = [n for n, _ in model.named_modules(remove_duplicate=False) if n]
     if layer in names:
         return layer
