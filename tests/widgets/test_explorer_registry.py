@@ -20,9 +20,9 @@ def explorer():
 def test_toggles_and_labels_follow_the_registry(explorer):
     entries = camwidgets.methods()
     assert list(explorer.method_toggles) == [m.name for m in entries]
-    assert METHOD_LABELS == {m.name: m.label for m in entries}
+    assert {m.name: m.label for m in entries} == METHOD_LABELS
     assert [b.description for b in explorer.method_toggles.values()] == [m.label for m in entries]
-    assert DEFAULT_METHODS == tuple(m.name for m in entries if m.in_explorer)
+    assert tuple(m.name for m in entries if m.in_explorer) == DEFAULT_METHODS
 
 
 def test_method_params_reach_the_method_and_build_controls(explorer):
