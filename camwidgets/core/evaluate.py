@@ -1,4 +1,4 @@
-r"""Evaluate CAM methods with the SPEC §6 metrics over a dataset, resumably.
+r"""Evaluate CAM methods with the faithfulness and localisation metrics over a dataset, resumably.
 
 :func:`evaluate` runs every method on every image through :class:`camwidgets.Explainer`,
 scores each map with :mod:`camwidgets.core.metrics` and returns one row per
@@ -10,15 +10,26 @@ crash, a closed notebook) loses at most the row being computed; running the same
 again with the same output location reads those rows back and computes only the missing
 image × method pairs. CSV and JSON copies of the rows and of the summary are written
 at the end.
+
+Resuming never mixes results silently: the settings file holds a fingerprint of the model
+(its weights) and of the dataset (length and first items) next to the settings, and a call
+whose model, dataset or settings differ is refused; a damaged rows or settings file is an
+error naming the file and line; a lock file keeps a second process off the same output.
+docs/evaluate.md describes the output folder.
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import hashlib
+import itertools
 import json
 import math
 import os
+import socket
 import time
+import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,7 +43,7 @@ from . import methods as _methods
 from . import metric_registry as _metric_registry
 from . import metrics as M
 from .image import load_image
-from .preprocess import Preprocess
+from .preprocess import Preprocess, PreprocessLike
 
 __all__ = ["DEFAULT_METHODS", "DEFAULT_METRICS", "METRIC_COLUMNS", "EvaluationResult", "LocalExecutor",
            "evaluate", "summarize", "t_quantile_975"]
@@ -100,13 +111,19 @@ class EvaluationResult:
         ``mean``, ``std`` (sample, ddof 1), ``ci_low``, ``ci_high`` (95 % Student t
         interval ``mean ± t_{0.975, n-1} · std / sqrt(n)``; None when ``n < 2``).
     errors : list of dict
-        ``index``, ``method``, ``error`` for pairs that failed with ``on_error="skip"``
-        (not written to the rows file, so a re-run retries them).
+        The pairs of this call that failed with ``on_error="skip"``: ``index``,
+        ``method``, ``stage`` ("item": loading or preparing the image failed, so every
+        method of the item failed alike; "method": this method's map or metrics failed),
+        ``error`` (type and message) and ``attempts`` (calls on this output location in
+        which the pair failed, this one included). They have no row, so a re-run retries
+        them; with an output location they are also in the errors file.
     paths : dict of str -> Path
         Files written (``rows_jsonl``, ``rows_csv``, ``summary_json``, ``summary_csv``,
-        ``config``); empty without an output location.
+        ``config``, and ``errors_jsonl`` when pairs failed); empty without an output
+        location.
     config : dict
-        The run's settings, as saved in the config file.
+        The run's settings, as saved in the config file, with the ``fingerprint`` of the
+        model and dataset when there is an output location.
     computed : int
         Rows computed by this call (the rest were read back from the rows file).
     """
@@ -305,6 +322,7 @@ def _warp_mask(mask: np.ndarray, preprocess: Preprocess) -> np.ndarray:
 # ----------------------------------------------------------------------------------------
 def _output_paths(out_dir: str | os.PathLike[str] | None, path: str | os.PathLike[str] | None
                   ) -> dict[str, Path]:
+    """The output files, plus ``errors_jsonl`` (written only when pairs fail) and ``lock``."""
     if out_dir is not None and path is not None:
         raise ValueError("Pass out_dir= (a folder) or path= (a file name), not both.")
     if out_dir is not None:
@@ -313,7 +331,7 @@ def _output_paths(out_dir: str | os.PathLike[str] | None, path: str | os.PathLik
             raise ValueError(f"out_dir {str(d)!r} is a file; pass a folder, or use path= for a file name.")
         return {"rows_jsonl": d / "rows.jsonl", "rows_csv": d / "rows.csv",
                 "summary_json": d / "summary.json", "summary_csv": d / "summary.csv",
-                "config": d / "config.json"}
+                "config": d / "config.json", "errors_jsonl": d / "errors.jsonl", "lock": d / ".lock"}
     if path is not None:
         p = Path(path)
         stem = p.with_suffix("") if p.suffix in (".jsonl", ".json", ".csv") else p
@@ -321,7 +339,9 @@ def _output_paths(out_dir: str | os.PathLike[str] | None, path: str | os.PathLik
                 "rows_csv": stem.with_name(stem.name + ".csv"),
                 "summary_json": stem.with_name(stem.name + ".summary.json"),
                 "summary_csv": stem.with_name(stem.name + ".summary.csv"),
-                "config": stem.with_name(stem.name + ".config.json")}
+                "config": stem.with_name(stem.name + ".config.json"),
+                "errors_jsonl": stem.with_name(stem.name + ".errors.jsonl"),
+                "lock": stem.with_name(stem.name + ".lock")}
     return {}
 
 
@@ -338,29 +358,95 @@ def _json_value(v: Any) -> Any:
     return v
 
 
-def _read_rows(path: Path) -> list[dict[str, Any]]:
-    """Rows of a JSON-lines file; a torn last line (interrupted write) is dropped and cut off."""
+_START_OVER = "pass overwrite=True to discard the old rows and start over, or use a new out_dir/path"
+
+
+def _read_jsonl(path: Path, what: str, keys: Mapping[str, type]) -> list[dict[str, Any]]:
+    """Records of a JSON-lines file written by :class:`_JsonlWriter`.
+
+    A torn last line (no newline: the process was killed while writing it) is dropped and
+    cut off the file, so its pair is computed again. Any other line that is not valid UTF-8
+    JSON, or not an object with ``keys`` of the right types, is an error naming the file
+    and the line: nothing is dropped silently. Blank lines are skipped.
+    """
     if not path.exists():
         return []
-    rows, good = [], []
-    with path.open("r", encoding="utf-8") as fh:
-        lines = fh.readlines()
-    for line in lines:
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError:
+    data = path.read_bytes()
+    lines = data.split(b"\n")
+    torn = lines.pop()  # b"" when the file ends with a newline
+    records = []
+    for number, raw in enumerate(lines, start=1):
+        if not raw.strip():
             continue
-        if isinstance(row, dict) and "index" in row and "method" in row and line.endswith("\n"):
-            rows.append(row)
-            good.append(line)
-    if len(good) != len(lines):
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text("".join(good), encoding="utf-8")
-        os.replace(tmp, path)
-    return rows
+        problem = None
+        try:
+            rec = json.loads(raw.decode("utf-8"))
+        except UnicodeDecodeError as err:
+            problem = f"byte {err.start + 1} of the line is not UTF-8 ({err.reason})"
+        except json.JSONDecodeError as err:
+            problem = f"not valid JSON: {err.msg} (column {err.colno})"
+        else:
+            if not isinstance(rec, dict):
+                problem = f"a JSON {type(rec).__name__}, not an object"
+            else:
+                for key, typ in keys.items():
+                    if not isinstance(rec.get(key), typ) or isinstance(rec.get(key), bool):
+                        problem = f"its {key!r} is {rec.get(key)!r}, not {typ.__name__}"
+                        break
+        if problem is not None:
+            text = raw[:80].decode("utf-8", "replace") + ("…" if len(raw) > 80 else "")
+            raise ValueError(
+                f"{path}:{number}: this line is not {what} written by evaluate: {problem}: {text!r}. The file is "
+                f"damaged (only a torn last line, from a process killed while writing it, is repaired "
+                f"automatically). Delete or repair line {number} (a deleted row is computed again), or "
+                f"{_START_OVER}."
+            )
+        records.append(rec)
+    if torn:
+        cut = len(data) - len(torn)
+        with path.open("r+b") as fh:
+            fh.truncate(cut)
+            fh.flush()
+            os.fsync(fh.fileno())
+    return records
 
 
-class _RowWriter:
+def _read_rows(path: Path) -> list[dict[str, Any]]:
+    """Rows of the rows file (see :func:`_read_jsonl`)."""
+    return _read_jsonl(path, "a row", {"index": int, "method": str})
+
+
+def _read_errors(path: Path) -> dict[tuple[int, str], dict[str, Any]]:
+    """The failed pairs recorded in the errors file, the last record of each pair."""
+    return {(e["index"], e["method"]): e for e in _read_jsonl(path, "an error record", {"index": int, "method": str})}
+
+
+def _read_config(path: Path) -> dict[str, Any]:
+    try:
+        text = path.read_bytes().decode("utf-8")
+        config = json.loads(text)
+    except UnicodeDecodeError as err:
+        line = path.read_bytes()[:err.start].count(b"\n") + 1
+        raise ValueError(
+            f"{path}:{line}: not UTF-8 ({err.reason}); the settings file of the rows beside it is damaged. Restore "
+            f"it, or {_START_OVER}."
+        ) from None
+    except json.JSONDecodeError as err:
+        raise ValueError(
+            f"{path}:{err.lineno}: not valid JSON: {err.msg} (column {err.colno}); the settings file of the rows "
+            f"beside it is damaged. Restore it, or {_START_OVER}."
+        ) from None
+    if not isinstance(config, dict):
+        raise ValueError(
+            f"{path}:1: a JSON {type(config).__name__}, not the settings object evaluate writes. Restore it, or "
+            f"{_START_OVER}."
+        )
+    return config
+
+
+class _JsonlWriter:
+    """Appends one record per line, flushed and fsynced, so a crash loses at most the line being written."""
+
     def __init__(self, path: Path | None) -> None:
         self.path = path
 
@@ -394,23 +480,331 @@ _CONFIG_MUST_MATCH = ("metrics", "steps", "metric_params", "target", "layers", "
 
 
 def _check_config(old: Mapping[str, Any], new: Mapping[str, Any], config_path: Path) -> dict[str, Any]:
+    """The merged settings (old methods kept, new ones added), or a ValueError naming every difference.
+
+    ``new["fingerprint"]`` (model and dataset) must match the old one too; a folder written
+    before fingerprints existed gets a warning and this call's fingerprint.
+    """
+    folder = str(config_path.parent)
+    changes = []
+    old_fp, new_fp = old.get("fingerprint"), new.get("fingerprint")
+    if isinstance(old_fp, Mapping) and isinstance(new_fp, Mapping):
+        changes += _fingerprint_changes(old_fp, new_fp)
+    elif new_fp is not None:
+        warnings.warn(
+            f"{config_path} has no fingerprint of the model and dataset (it was written by an older camwidgets), "
+            f"so this call cannot check that the rows in {folder!r} come from the same model and dataset; it "
+            "resumes them and stores this call's fingerprint. If in doubt, pass overwrite=True.",
+            UserWarning, stacklevel=4,
+        )
     for key in _CONFIG_MUST_MATCH:
         if old.get(key) != new.get(key):
-            raise ValueError(
-                f"The rows in {str(config_path.parent)!r} were computed with {key}={old.get(key)!r}, "
-                f"this call asks for {key}={new.get(key)!r}. Use another out_dir/path, or resume=False "
-                "to start over."
-            )
+            changes.append(f"setting {key}={old.get(key)!r} then, this call asks for {key}={new.get(key)!r}")
     methods = dict(old.get("methods", {}))
     for name, spec in new["methods"].items():
         if name in methods and methods[name] != spec:
-            raise ValueError(
-                f"Method {name!r} was run with {methods[name]!r} in {str(config_path.parent)!r}, this call "
-                f"asks for {spec!r}. Give the variant another name, use another out_dir/path, "
-                "or resume=False."
-            )
+            changes.append(f"Method {name!r} was run with {methods[name]!r}, this call asks for {spec!r} (or give "
+                           "the variant another name)")
         methods[name] = spec
+    if changes:
+        raise ValueError(
+            f"The rows in {folder!r} were computed with something else than this call asks for:\n"
+            + "".join(f"  - {c}\n" for c in changes)
+            + "Resuming would mix them into wrong results. Use a new out_dir/path, or pass overwrite=True to "
+            "discard the old rows."
+        )
     return {**dict(new), "methods": methods}
+
+
+# ----------------------------------------------------------------------------------------
+# Fingerprints of the model and the dataset
+# ----------------------------------------------------------------------------------------
+#: A state_dict up to this many bytes is hashed whole; a larger one is sampled.
+_FULL_HASH_BYTES = 16 * 2**20
+#: Values hashed per tensor of a sampled state_dict: all of a smaller tensor, a strided sample of a larger one.
+_SAMPLE_VALUES = 16384
+#: Dataset items hashed, from the start (the rows of an item are keyed by its position).
+_FINGERPRINT_ITEMS = 3
+
+
+def _flat_bytes(t: torch.Tensor) -> torch.Tensor:
+    """The tensor's values as a flat uint8 tensor (on its device)."""
+    flat = t.detach().reshape(-1)
+    if not flat.is_contiguous():
+        flat = flat.contiguous()
+    return flat.view(torch.uint8)
+
+
+def _tensor_bytes(t: torch.Tensor) -> bytes:
+    return bytes(_flat_bytes(t).cpu().numpy().data)
+
+
+def _bits_sum(b: torch.Tensor) -> int:
+    """The exact sum of a flat uint8 tensor read as int32 (int16, uint8) words: any changed value changes it.
+
+    Integer sums do not depend on the summation order, so it is the same on any device
+    and with any number of threads (unlike a float sum).
+    """
+    n = b.numel()
+    if b.device.type == "cpu":
+        np_dtype = np.int32 if n % 4 == 0 else np.int16 if n % 2 == 0 else np.uint8
+        return int(b.numpy().view(np_dtype).sum(dtype=np.int64))
+    dtype = torch.int32 if n % 4 == 0 else torch.int16 if n % 2 == 0 else torch.uint8
+    return int(b.view(dtype).sum(dtype=torch.int64).item())
+
+
+def _model_fingerprint(model: nn.Module) -> dict[str, Any]:
+    """A hash of the model's state_dict: names, dtypes, shapes and values.
+
+    Every byte when the state_dict holds at most 16 MiB. A larger one is sampled: per
+    tensor, the exact integer sum of its bit patterns (so any changed value changes the
+    hash), plus every value of a tensor with at most 16384 values and an evenly strided
+    sample of 16384 values of a larger one (so do most rearrangements). A ResNet-50 takes
+    about 25 ms. Deterministic: the same weights give the same hash in any process, with
+    any number of threads, on any device.
+    """
+    state = model.state_dict()
+    tensors = {k: v for k, v in state.items() if isinstance(v, torch.Tensor)}
+    total = sum(t.numel() * t.element_size() for t in tensors.values())
+    sampled = total > _FULL_HASH_BYTES
+    h = hashlib.sha1(usedforsecurity=False)
+    for key, value in state.items():
+        key = key.removeprefix("_orig_mod.")  # torch.compile's wrapper: the same weights
+        if not isinstance(value, torch.Tensor):
+            h.update(f"{key}|{type(value).__qualname__}|{value!r}\n".encode())
+            continue
+        h.update(f"{key}|{value.dtype}|{tuple(value.shape)}\n".encode())
+        try:
+            flat = value.detach().reshape(-1)
+            if sampled and flat.numel() > _SAMPLE_VALUES:
+                h.update(f"{_bits_sum(_flat_bytes(flat))}|".encode())
+                flat = flat[::flat.numel() // _SAMPLE_VALUES][:_SAMPLE_VALUES]
+            h.update(_tensor_bytes(flat))
+        except (RuntimeError, TypeError):  # a quantized, sparse or meta tensor: its name, dtype and shape only
+            h.update(b"?")
+    return {"hash": h.hexdigest(), "tensors": len(tensors), "values": sum(t.numel() for t in tensors.values()),
+            "sampled": sampled}
+
+
+def _digest(h: Any, obj: Any, depth: int = 0) -> None:
+    """Feed a dataset item (image, label, mask, box, nested dicts/tuples) into the hash ``h``."""
+    if isinstance(obj, torch.Tensor):
+        h.update(f"T{obj.dtype}{tuple(obj.shape)}".encode())
+        h.update(_tensor_bytes(obj))
+    elif isinstance(obj, np.ndarray):
+        h.update(f"A{obj.dtype}{obj.shape}".encode())
+        h.update(np.ascontiguousarray(obj).tobytes() if obj.dtype != object else repr(obj).encode())
+    elif isinstance(obj, (bytes, bytearray, memoryview)):
+        h.update(b"B" + bytes(obj))
+    elif isinstance(obj, (str, os.PathLike)):
+        name = os.fspath(obj)
+        h.update(f"S{name!r}".encode())
+        if isinstance(name, str) and len(name) < 4096 and os.path.isfile(name):  # an image file: its bytes
+            with open(name, "rb") as fh:
+                for chunk in iter(lambda: fh.read(2**20), b""):
+                    h.update(chunk)
+    elif obj is None or isinstance(obj, (bool, int, float, np.generic)):
+        h.update(f"V{obj!r}".encode())
+    elif isinstance(obj, Mapping) and depth < 4:
+        h.update(b"{")
+        for k in sorted(obj, key=str):
+            h.update(f"{k!s}:".encode())
+            _digest(h, obj[k], depth + 1)
+        h.update(b"}")
+    elif isinstance(obj, (list, tuple)) and depth < 4:
+        h.update(b"[")
+        for x in obj:
+            _digest(h, x, depth + 1)
+        h.update(b"]")
+    elif callable(getattr(obj, "tobytes", None)) and hasattr(obj, "mode") and hasattr(obj, "size"):  # PIL
+        h.update(f"P{obj.mode}{obj.size}".encode())
+        h.update(obj.tobytes())
+    else:
+        h.update(f"O{type(obj).__qualname__}".encode())
+
+
+def _raw_digest(raw: Any) -> str:
+    h = hashlib.sha1(usedforsecurity=False)
+    _digest(h, raw)
+    return h.hexdigest()
+
+
+def _item_digest(load: Callable[[], Any]) -> str | None:
+    """The item's hash; None for an item that fails to load (the run records or raises that)."""
+    try:
+        raw = load()
+    except (KeyboardInterrupt, SystemExit):
+        raise
+    except Exception:
+        return None
+    return _raw_digest(raw)
+
+
+def _dataset_fingerprint(dataset: Iterable[Any]) -> tuple[Iterable[Any], dict[str, Any]]:
+    """The dataset to run (an iterator's first items are put back in front) and its fingerprint.
+
+    The fingerprint holds the length (None for an iterator) and a hash of each of the
+    first three items (everything in them: image bytes or pixels, label, mask, box, other
+    keys; None for an item that fails to load, which is not compared). The first item of
+    an indexable dataset is loaded twice: if the two differ (random transforms), only the
+    length can be compared (``items`` is None), and a warning says so.
+    """
+    if _indexable(dataset):
+        n = len(dataset)  # type: ignore[arg-type]
+        loads = [load for _, load in itertools.islice(_iterate(dataset), _FINGERPRINT_ITEMS)]
+        digests = [_item_digest(load) for load in loads]
+        if loads and _item_digest(loads[0]) != digests[0]:
+            warnings.warn(
+                "The dataset's item 0 differs each time it is loaded (random transforms?), so evaluate cannot "
+                "check on resume that the rows come from the same dataset, and rows computed at different times "
+                "come from different random draws. Use deterministic transforms for an evaluation.",
+                UserWarning, stacklevel=3,
+            )
+            return dataset, {"length": n, "items": None}
+        return dataset, {"length": n, "items": digests}
+    it = iter(dataset)
+    first = list(itertools.islice(it, _FINGERPRINT_ITEMS))
+    return itertools.chain(first, it), {"length": None, "items": [_raw_digest(raw) for raw in first]}
+
+
+def _fingerprint_changes(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
+    """What differs between two fingerprints, in words."""
+    out = []
+    om, nm = old.get("model") or {}, new.get("model") or {}
+    if om.get("hash") != nm.get("hash"):
+        def describe(m: Mapping[str, Any]) -> str:
+            return f"{m.get('tensors')} tensors, {m.get('values')} values, weights hash {str(m.get('hash'))[:12]}"
+        out.append(f"model: another model or other weights (then: {describe(om)}; now: {describe(nm)})")
+    od, nd = old.get("dataset") or {}, new.get("dataset") or {}
+    oi, ni = od.get("items"), nd.get("items")
+    if od.get("length") != nd.get("length"):
+        out.append(f"dataset: {od.get('length')} items then, {nd.get('length')} now (rows are keyed by the "
+                   "item's position, so they may belong to other images)")
+    elif isinstance(oi, list) and isinstance(ni, list):
+        pairs = enumerate(zip(oi, ni, strict=False))
+        differ = [i for i, (a, b) in pairs if a is not None and b is not None and a != b]
+        if len(oi) != len(ni):  # an iterator of another length
+            differ.append(min(len(oi), len(ni)))
+        if differ:
+            which = f"items {', '.join(map(str, differ))} differ" if len(differ) > 1 else f"item {differ[0]} differs"
+            out.append(f"dataset: {which} (other images, labels, masks or boxes, or another order)")
+    return out
+
+
+# ----------------------------------------------------------------------------------------
+# One run per output location
+# ----------------------------------------------------------------------------------------
+def _process_start(pid: int) -> str | None:
+    """When process ``pid`` started (clock ticks since boot, Linux), to tell a reused pid; None elsewhere."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as fh:
+            stat = fh.read().decode("ascii", "replace")
+        return stat.rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return None
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    except OSError:
+        return True  # cannot tell: treat as running
+    return True
+
+
+class _OutputLock:
+    """``<out_dir>/.lock``: one evaluate per output location at a time.
+
+    Created with ``O_CREAT | O_EXCL`` (atomic), holding the pid, host and start time of the
+    process; removed when the run ends, also on an error or KeyboardInterrupt. A lock
+    whose process no longer runs on this host (killed) is taken over with a warning; any
+    other lock refuses the call.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.text: str | None = None
+
+    def acquire(self) -> None:
+        pid, host = os.getpid(), socket.gethostname()
+        text = json.dumps({"pid": pid, "host": host, "process_start": _process_start(pid),
+                           "since": time.strftime("%Y-%m-%d %H:%M:%S%z"), "token": os.urandom(8).hex()})
+        for _ in range(5):
+            try:
+                fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            except FileExistsError:
+                self._take_over_if_stale(host)
+                continue
+            try:
+                with os.fdopen(fd, "w", encoding="utf-8") as fh:
+                    fh.write(text + "\n")
+                    fh.flush()
+                    os.fsync(fh.fileno())
+            except BaseException:  # e.g. Ctrl-C right now: leave no lock that names nobody
+                self.path.unlink(missing_ok=True)
+                raise
+            self.text = text + "\n"
+            return
+        raise RuntimeError(f"Could not create the lock file {self.path}: other processes keep taking it.")
+
+    def _take_over_if_stale(self, host: str) -> None:
+        try:
+            held = self.path.read_text(encoding="utf-8", errors="replace")
+            age = time.time() - self.path.stat().st_mtime
+        except FileNotFoundError:
+            return  # released meanwhile: try again
+        try:
+            info = json.loads(held)
+            owner_pid, owner_host = int(info["pid"]), str(info["host"])
+            owner_start, since = info.get("process_start"), info.get("since")
+        except (ValueError, KeyError, TypeError):
+            if age < 10:  # being written right now
+                time.sleep(0.2)
+                return
+            raise RuntimeError(
+                f"{self.path} exists but does not say which process holds it ({held[:80]!r}). If no evaluate runs "
+                "on this output any more, delete that file and call again."
+            ) from None
+        stale = owner_host == host and (
+            not _pid_alive(owner_pid)
+            or (owner_start is not None and _process_start(owner_pid) not in (None, owner_start)))
+        if not stale:
+            where = "this machine" if owner_host == host else f"host {owner_host!r}"
+            raise RuntimeError(
+                f"Another evaluate (process {owner_pid} on {where}, since {since}) is writing to "
+                f"{str(self.path.parent)!r}: its lock file {self.path} exists. Two runs on one output would "
+                "compute the same rows twice and mix their files. Wait for it to finish, or use another "
+                "out_dir/path; if that process is gone (e.g. a machine that was switched off), delete the lock "
+                "file and call again."
+            )
+        moved = self.path.with_name(f"{self.path.name}.stale-{os.getpid()}-{os.urandom(4).hex()}")
+        try:
+            os.rename(self.path, moved)
+        except FileNotFoundError:
+            return  # another process took it over first
+        if moved.read_text(encoding="utf-8", errors="replace") != held:  # a new owner's lock: put it back
+            with contextlib.suppress(OSError):
+                os.link(moved, self.path)
+            moved.unlink()
+            return
+        moved.unlink()
+        warnings.warn(
+            f"Took over the lock {self.path} of process {owner_pid} (since {since}), which no longer runs on this "
+            "machine: that run was killed. Its saved rows are kept and resumed.",
+            UserWarning, stacklevel=4,
+        )
+
+    def release(self) -> None:
+        if self.text is None:
+            return
+        with contextlib.suppress(OSError):
+            if self.path.read_text(encoding="utf-8") == self.text:  # still ours
+                self.path.unlink()
+        self.text = None
 
 
 # ----------------------------------------------------------------------------------------
@@ -472,7 +866,7 @@ def evaluate(
     methods: Sequence[str] | Mapping[str, Mapping[str, Any]] = DEFAULT_METHODS,
     metrics: Sequence[str] = DEFAULT_METRICS,
     *,
-    preprocess: Preprocess | None = None,
+    preprocess: PreprocessLike = None,
     target: Literal["label", "predicted"] | int = "label",
     layers: str | Sequence[Any] = "auto",
     steps: int = 50,
@@ -481,12 +875,13 @@ def evaluate(
     out_dir: str | os.PathLike[str] | None = None,
     path: str | os.PathLike[str] | None = None,
     resume: bool = True,
+    overwrite: bool = False,
     progress: bool = True,
     on_error: Literal["raise", "skip"] = "raise",
     explainer_factory: ExplainerFactory | None = None,
     executor: Literal["local", "ray"] | Any = "local",
 ) -> EvaluationResult:
-    r"""Run CAM methods × metrics (SPEC §6) over a dataset, with a progress bar and resumable output.
+    r"""Run CAM methods × metrics over a dataset, with a progress bar and resumable output.
 
     For each image the model's prediction is computed once; then for each method an
     :class:`~camwidgets.Explainer` is built on the image (its construction is part of
@@ -502,7 +897,8 @@ def evaluate(
         the preprocessed image) and ``"box"`` (``(x0, y0, x1, y1)``, inclusive pixel
         indices); ``(image, label)`` tuples; or bare images. A sequence (``len`` and
         indexing, e.g. :class:`camwidgets.datasets.Shapes`) is indexed lazily, so a resumed
-        run does not even load the finished items. Row ``index`` is the item's position.
+        run loads only its first three items (for the fingerprint) and the unfinished ones.
+        Row ``index`` is the item's position.
     methods : sequence of str or mapping, default :data:`DEFAULT_METHODS`
         Names of registered methods (``camwidgets.methods()`` lists them with their
         parameters), or ``{name: params}`` with the method's keyword arguments; a
@@ -522,7 +918,7 @@ def evaluate(
     layers : "auto" or list
         Passed to the Explainer.
     steps : int, default 50
-        Insertion/deletion steps (SPEC: 224 for evaluation).
+        Insertion/deletion steps (224 for evaluation).
     metric_params : mapping, optional
         Extra keyword arguments per metric, e.g. ``{"deletion": {"baseline": "blur"},
         "insertion": {"sigma": 3.0}, "localisation": {"threshold": 0.4},
@@ -531,17 +927,34 @@ def evaluate(
         Forward-pass batch size of the metrics.
     out_dir, path : path, optional
         Where to write: a folder (``rows.jsonl``, ``rows.csv``, ``summary.json``,
-        ``summary.csv``, ``config.json``) or a file stem (``run`` or ``run.jsonl`` gives
-        ``run.jsonl``, ``run.csv``, ``run.summary.json``, ``run.summary.csv``,
-        ``run.config.json``). Rows are appended to the JSON-lines file as they finish.
+        ``summary.csv``, ``config.json``, and ``errors.jsonl`` when pairs failed) or a
+        file stem (``run`` or ``run.jsonl`` gives ``run.jsonl``, ``run.csv``,
+        ``run.summary.json``, ``run.summary.csv``, ``run.config.json``,
+        ``run.errors.jsonl``). Rows are appended to the JSON-lines file as they finish.
+        While the call runs, a lock file (``.lock`` in the folder, ``run.lock`` beside a
+        stem) holds its process id and host: a second call on the same output, from any
+        process, raises a RuntimeError; the lock of a killed process on this machine is
+        taken over with a warning.
     resume : bool, default True
         Reuse the rows already in the output's JSON-lines file and compute only the
-        missing image × method pairs (new methods may be added; metric settings must be
-        the same, else ``ValueError``). False deletes the previous output first.
+        missing image × method pairs; new methods may be added. The rows must come from
+        the same model (a fingerprint of its weights), the same dataset (its length and
+        first three items) and the same metric settings, else ``ValueError`` naming what
+        changed. Pairs that failed with ``on_error="skip"`` have no row and are retried.
+        A damaged rows, errors or settings file is a ``ValueError`` naming the file and
+        line; only a torn last line (a process killed while writing it) is cut off and
+        its row computed again. False is the same as ``overwrite=True``.
+    overwrite : bool, default False
+        Discard the previous output at this location (rows, errors, settings) and start
+        over.
     progress : bool, default True
         Show a ``tqdm.auto`` progress bar (a widget in notebooks, text elsewhere).
     on_error : {"raise", "skip"}, default "raise"
-        "skip" records a failing image × method pair in ``errors`` and goes on.
+        "skip" records a failure in ``errors`` (and the errors file) and goes on: a
+        failing image × method pair, or an item that cannot be loaded or prepared (the
+        dataset raising, an image that does not decode, a label out of range, a mask of
+        the wrong shape), which fails every method of that item. Settings that fail on
+        every item (a fixed ``target`` out of range) still raise.
     explainer_factory : callable, optional
         ``factory(model, image, target=..., layers=..., preprocess=...)`` returning an
         object with the method names; default :class:`camwidgets.Explainer`.
@@ -582,7 +995,7 @@ def evaluate(
         raise ValueError(f"metric_params has unknown metric(s) {bad}; choose from {list(METRIC_COLUMNS)}.")
     steps = M._check_steps(steps)
     M._check_batch_size(batch_size)
-    M._check_preprocess(preprocess)
+    preprocess = M._check_preprocess(preprocess)  # a torchvision transform becomes a Preprocess
     factory = explainer_factory if explainer_factory is not None else _default_factory()
     runner = _executor(executor)
 
@@ -592,55 +1005,120 @@ def evaluate(
         "target": target, "layers": _describe(layers), "preprocess": _describe(preprocess),
     }
     paths = _output_paths(out_dir, path)
-    done: dict[tuple[int, str], dict[str, Any]] = {}
+    lock = None
     if paths:
         paths["rows_jsonl"].parent.mkdir(parents=True, exist_ok=True)
-        if not resume:
-            for p in paths.values():
-                p.unlink(missing_ok=True)
-        if paths["config"].exists() and paths["rows_jsonl"].exists():
-            old = json.loads(paths["config"].read_text(encoding="utf-8"))
-            config = _check_config(old, json.loads(json.dumps(_json_value(config))), paths["config"])
-        _write_json(paths["config"], config)
-        for r in _read_rows(paths["rows_jsonl"]):
-            done[(int(r["index"]), str(r["method"]))] = r
-    writer = _RowWriter(paths.get("rows_jsonl"))
-
-    norm_only = Preprocess(mean=preprocess.mean, std=preprocess.std) if preprocess is not None else None
-    task = _Task(model=model, specs=specs, metric_list=metric_list, params=params, preprocess=preprocess,
-                 norm_only=norm_only, target=target, layers=layers, steps=steps, batch_size=batch_size,
-                 factory=factory, on_error=on_error)
-    total = len(dataset) if hasattr(dataset, "__len__") else None  # type: ignore[arg-type]
-    by_index: dict[int, None] = {}
-    errors: list[dict[str, Any]] = []
-    computed = 0
-
-    from tqdm.auto import tqdm
-
-    bar = tqdm(total=total, desc="evaluate", unit="img", disable=not progress)
+        lock = _OutputLock(paths.pop("lock"))
+        lock.acquire()  # before anything in the folder is read or deleted
     try:
-        for index, new_rows, new_errors in runner.run(task, dataset, done, writer.append, bar):
-            for r in new_rows:
-                done[(index, str(r["method"]))] = r
-            computed += len(new_rows)
-            errors.extend(new_errors)
-            by_index[index] = None
-            bar.update(1)
-    finally:
-        bar.close()
-    rows = [done[(index, name)] for index in sorted(by_index) for name in specs if (index, name) in done]
-    errors.sort(key=lambda e: (e["index"], list(specs).index(e["method"])))
+        total = len(dataset) if hasattr(dataset, "__len__") else None  # type: ignore[arg-type]
+        done: dict[tuple[int, str], dict[str, Any]] = {}
+        old_errors: dict[tuple[int, str], dict[str, Any]] = {}
+        if paths:
+            dataset, dataset_fp = _dataset_fingerprint(dataset)
+            config["fingerprint"] = {"model": _model_fingerprint(model), "dataset": dataset_fp}
+            if overwrite or not resume:
+                for p in paths.values():
+                    p.unlink(missing_ok=True)
+            config, done, old_errors = _previous_output(paths, config)
+            _write_json(paths["config"], config)
+        writer = _JsonlWriter(paths.get("rows_jsonl"))
+        error_log = _JsonlWriter(paths.get("errors_jsonl"))
 
-    summary = summarize(rows, list(specs), [*_META_COLUMNS[5:], *columns])
-    if paths:
-        all_columns = [*_META_COLUMNS, *columns]
-        _write_csv(paths["rows_csv"], rows, all_columns)
-        _write_csv(paths["summary_csv"], summary,
-                   ["method", "metric", "n", "mean", "std", "ci_low", "ci_high"])
-        _write_json(paths["summary_json"], {"config": config, "summary": summary, "errors": errors,
-                                            "n_rows": len(rows)})
+        norm_only = Preprocess(mean=preprocess.mean, std=preprocess.std) if preprocess is not None else None
+        task = _Task(model=model, specs=specs, metric_list=metric_list, params=params, preprocess=preprocess,
+                     norm_only=norm_only, target=target, layers=layers, steps=steps, batch_size=batch_size,
+                     factory=factory, on_error=on_error)
+        by_index: dict[int, None] = {}
+        errors: list[dict[str, Any]] = []
+        computed = 0
+
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=total, desc="evaluate", unit="img", disable=not progress)
+        try:
+            for index, new_rows, new_errors in runner.run(task, dataset, done, writer.append, bar):
+                for r in new_rows:
+                    done[(index, str(r["method"]))] = r
+                computed += len(new_rows)
+                for e in new_errors:
+                    before = old_errors.get((index, str(e["method"])))
+                    record = {**e, "attempts": int(before.get("attempts", 1)) + 1 if before else 1}
+                    error_log.append(record)  # at once: an interrupted run keeps its failures too
+                    errors.append(record)
+                by_index[index] = None
+                bar.update(1)
+        finally:
+            bar.close()
+        rows = [done[(index, name)] for index in sorted(by_index) for name in specs if (index, name) in done]
+        errors.sort(key=lambda e: (e["index"], list(specs).index(e["method"])))
+
+        summary = summarize(rows, list(specs), [*_META_COLUMNS[5:], *columns])
+        if paths:
+            all_columns = [*_META_COLUMNS, *columns]
+            _write_csv(paths["rows_csv"], rows, all_columns)
+            _write_csv(paths["summary_csv"], summary,
+                       ["method", "metric", "n", "mean", "std", "ci_low", "ci_high"])
+            _write_json(paths["summary_json"], {"config": config, "summary": summary, "errors": errors,
+                                                "n_rows": len(rows)})
+            # the errors file: this call's failures, and those of pairs this call did not ask for
+            kept = [e for k, e in old_errors.items() if not (k[0] in by_index and k[1] in specs)]
+            errors_path = paths.pop("errors_jsonl")
+            if kept or errors:
+                _write_jsonl(errors_path, [*kept, *errors])
+                paths["errors_jsonl"] = errors_path
+            else:
+                errors_path.unlink(missing_ok=True)
+    finally:
+        if lock is not None:
+            lock.release()
     return EvaluationResult(rows=rows, summary=summary, errors=errors, paths=paths, config=config,
                             computed=computed)
+
+
+def _previous_output(paths: Mapping[str, Path], config: dict[str, Any]
+                     ) -> tuple[dict[str, Any], dict[tuple[int, str], dict[str, Any]],
+                                dict[tuple[int, str], dict[str, Any]]]:
+    """The settings to save, the rows to reuse and the failed pairs recorded by earlier calls.
+
+    Refuses (ValueError) rows of another model, dataset or settings, rows without their
+    settings file, and damaged files. Failed pairs have no row, so they are tried again.
+    """
+    rows_path, config_path = paths["rows_jsonl"], paths["config"]
+    if not (rows_path.exists() and rows_path.stat().st_size > 0):
+        paths["errors_jsonl"].unlink(missing_ok=True)  # nothing to resume
+        return config, {}, {}
+    if not config_path.exists():
+        raise ValueError(
+            f"{rows_path} holds rows, but their settings file {config_path} is missing, so nothing says which "
+            f"model, dataset and settings they come from. Restore it, or {_START_OVER}."
+        )
+    config = _check_config(_read_config(config_path), json.loads(json.dumps(_json_value(config))), config_path)
+    done = {(int(r["index"]), str(r["method"])): r for r in _read_rows(rows_path)}
+    return config, done, _read_errors(paths["errors_jsonl"])
+
+
+def _write_jsonl(path: Path, records: Iterable[Mapping[str, Any]]) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("".join(json.dumps(_json_value(r), allow_nan=False) + "\n" for r in records), encoding="utf-8")
+    os.replace(tmp, path)
+
+
+class _SettingError(ValueError):
+    """A failure of the call's settings, not of one item: raised even with ``on_error="skip"``."""
+
+
+@dataclass
+class _Prepared:
+    """One dataset item, loaded and checked, with the model's prediction on it."""
+
+    item: _Item
+    geo: torch.Tensor
+    predicted: int
+    target: int
+    probability: float
+    mask: np.ndarray | None
+    box: tuple[int, int, int, int] | None
 
 
 @dataclass(frozen=True, eq=False)
@@ -668,15 +1146,9 @@ class _Task:
         """The methods of item ``index`` that have no row yet."""
         return [name for name in self.specs if (index, name) not in done]
 
-    def run(self, index: int, raw: Any, todo: Sequence[str],
-            on_row: Callable[[dict[str, Any]], None] | None = None,
-            note: Callable[[str], None] | None = None) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-        """Rows (JSON-ready) and errors of the methods ``todo`` on dataset item ``raw``.
-
-        ``on_row`` sees each row the moment it is finished (the local run appends it to
-        the rows file there); ``note`` is told which method starts.
-        """
-        item = _as_item(raw, index)
+    def prepare(self, index: int, load: Callable[[], Any]) -> _Prepared:
+        """Load item ``index`` (``load()``), check it and run the model on it."""
+        item = _as_item(load(), index)
         model, preprocess = self.model, self.preprocess
         pixels = load_image(item.image)
         geo = preprocess.geometry(pixels) if preprocess is not None else pixels
@@ -691,11 +1163,40 @@ class _Task:
             tgt = item.label
         else:
             tgt = predicted
-        tgt = int(M._resolve_targets(tgt, logits)[0])  # range check with a clear message
+        try:
+            tgt = int(M._resolve_targets(tgt, logits)[0])  # range check with a clear message
+        except ValueError as err:
+            if isinstance(self.target, int):  # target=<class> fails on every item: the call is wrong
+                raise _SettingError(str(err)) from None
+            raise
         prob = float(torch.softmax(logits, dim=1)[0, tgt])
         needs_truth = any(_metric_registry.get_metric(m).needs_ground_truth for m in self.metric_list)
         mask, box = (_ground_truth_at(item, hw, (int(pixels.shape[-2]), int(pixels.shape[-1])), preprocess)
                      if needs_truth else (None, None))
+        return _Prepared(item, geo, predicted, tgt, prob, mask, box)
+
+    def run(self, index: int, load: Callable[[], Any], todo: Sequence[str],
+            on_row: Callable[[dict[str, Any]], None] | None = None,
+            note: Callable[[str], None] | None = None) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        """Rows (JSON-ready) and errors of the methods ``todo`` on dataset item ``index``, loaded by ``load()``.
+
+        With ``on_error="skip"`` a failure to load or prepare the item (the dataset raising,
+        an image that does not decode, a label out of range, a mask of the wrong shape, the
+        model failing on it) is an error of every method in ``todo`` with ``stage`` "item";
+        a failure of one method's map or metrics is an error of that method, ``stage``
+        "method". ``on_row`` sees each row the moment it is finished (the local run appends
+        it to the rows file there); ``note`` is told which method starts.
+        """
+        try:
+            p = self.prepare(index, load)
+        except (KeyboardInterrupt, SystemExit, _SettingError):
+            raise
+        except Exception as err:
+            if self.on_error == "raise":
+                raise
+            text = f"{type(err).__name__}: {err}"
+            return [], [{"index": index, "method": name, "stage": "item", "error": text} for name in todo]
+        model, preprocess, item, tgt = self.model, self.preprocess, p.item, p.target
 
         rows, errors = [], []
         for name in todo:
@@ -709,18 +1210,19 @@ class _Task:
                 emap = M._map_array(result, f"The map of {name}")
                 seconds = time.perf_counter() - t0
                 t1 = time.perf_counter()
-                values = _score(model, geo, emap, tgt, self.norm_only, self.metric_list, self.params, self.steps,
-                                self.batch_size, mask, box, self.factory, self.layers, spec)
+                values = _score(model, p.geo, emap, tgt, self.norm_only, self.metric_list, self.params, self.steps,
+                                self.batch_size, p.mask, p.box, self.factory, self.layers, spec)
                 metric_seconds = time.perf_counter() - t1
             except (KeyboardInterrupt, SystemExit):
                 raise
             except Exception as err:
                 if self.on_error == "raise":
                     raise
-                errors.append({"index": index, "method": name, "error": f"{type(err).__name__}: {err}"})
+                errors.append({"index": index, "method": name, "stage": "method",
+                               "error": f"{type(err).__name__}: {err}"})
                 continue
             row = _json_value({"index": index, "method": name, "label": item.label, "target": tgt,
-                               "predicted": predicted, "probability": prob, "seconds": seconds,
+                               "predicted": p.predicted, "probability": p.probability, "seconds": seconds,
                                "metric_seconds": metric_seconds, **values})
             if on_row is not None:
                 on_row(row)
@@ -746,11 +1248,8 @@ class LocalExecutor:
             if not todo:
                 yield index, [], []
                 continue
-            rows, errors = task.run(index, load(), todo, on_row=on_row, note=note)
+            rows, errors = task.run(index, load, todo, on_row=on_row, note=note)
             yield index, rows, errors
-
-    def __repr__(self) -> str:
-        return "LocalExecutor()"
 
 
 def _executor(executor: Any) -> Any:

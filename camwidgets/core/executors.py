@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import functools
 import math
+import operator
 import os
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -69,11 +71,18 @@ class _Worker:
             self.task = task
         out = []
         for index, todo, raw in shard:
-            if raw is None:
-                raw = self.dataset[index]
-            rows, errors = self.task.run(index, raw, todo)
+            # the item is loaded inside task.run, so on_error="skip" covers a dataset that raises
+            if self.dataset is not None:
+                load = functools.partial(operator.getitem, self.dataset, index)
+            else:
+                load = functools.partial(_given, raw)
+            rows, errors = self.task.run(index, load, todo)
             out.append((index, rows, errors))
         return out
+
+
+def _given(raw: Any) -> Any:
+    return raw
 
 
 @dataclass

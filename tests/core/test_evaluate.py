@@ -202,6 +202,7 @@ def test_resume_after_interruption_computes_only_missing_rows(tmp_path: Path) ->
         evaluate(model, data, METHODS, out_dir=tmp_path, explainer_factory=factory([], fail_after=5), **kw)
     saved = (tmp_path / "rows.jsonl").read_text().splitlines()
     assert len(saved) == 5  # every finished row is on disk
+    assert not (tmp_path / ".lock").exists()  # the interrupted run let go of the folder
 
     log: list[tuple[str, int]] = []
     res = evaluate(model, data, METHODS, out_dir=tmp_path, explainer_factory=factory(log), **kw)
@@ -275,8 +276,11 @@ def test_on_error_skip_records_and_retries(tmp_path: Path) -> None:
     kw: dict[str, Any] = {"metrics": ["average_drop"], "out_dir": tmp_path, **FAST}
     res = evaluate(model, data, ["bright", "broken"], on_error="skip", explainer_factory=factory([]), **kw)
     assert len(res.rows) == 2 and [e["method"] for e in res.errors] == ["broken", "broken"]
-    assert res.errors[0]["error"] == "RuntimeError: boom"
+    assert res.errors[0] == {"index": 0, "method": "broken", "stage": "method", "error": "RuntimeError: boom",
+                             "attempts": 1}
     assert len((tmp_path / "rows.jsonl").read_text().splitlines()) == 2
+    again = evaluate(model, data, ["bright", "broken"], on_error="skip", explainer_factory=factory([]), **kw)
+    assert again.computed == 0 and [e["attempts"] for e in again.errors] == [2, 2]  # retried, failed again
     with pytest.raises(RuntimeError, match="boom"):
         evaluate(model, data, ["bright", "broken"], explainer_factory=factory([]), **kw)
 
