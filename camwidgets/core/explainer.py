@@ -230,9 +230,12 @@ class Explainer:
                 f"or blocks, e.g. {candidate_layers(model)[-2:] if _has_any_conv(model) else '...'}."
             )
         if not kept:
+            h, w = int(self._x.shape[-2]), int(self._x.shape[-1])
             raise ValueError(
-                f"None of the layers {cands[:8]} gives a 4-D feature map (N, K, h, w) with a spatial extent. "
-                "Pass layers=[...] naming convolutional layers or blocks of the model."
+                f"None of the layers {cands[:8]} gives a 4-D feature map (N, K, h, w) with a spatial extent "
+                f"(larger than 1x1) for the {h}x{w} model input. Pass layers=[...] naming convolutional "
+                "layers or blocks of the model; if the image is small, pass a preprocess that resizes it to "
+                "the model's input size, or a larger image."
             )
         self._candidates: tuple[str, ...] = tuple(kept)
         self._target = int(cap.targets[0])
@@ -250,6 +253,40 @@ class Explainer:
         if a is None or a.dim() != 4:
             return False
         return strict or a.shape[-1] * a.shape[-2] > 1
+
+    def _check_extent(self, method: str, layers: Sequence[str]) -> None:
+        """Refuse ``method`` when the model input is one pixel or every layer of ``layers`` gives a 1x1 map.
+
+        A 1x1 feature map makes the CAM one number spread over the image: a constant map,
+        which normalises to all zeros (as does any map of a one-pixel input). That happens
+        when the image is too small for the model (no preprocess resizing it), so the error
+        names the sizes and the fixes.
+        """
+        big, bw = self.size
+        how = "after the preprocess" if self._preprocess is not None else "used as it is: no preprocess"
+        fix = ("Pass a preprocess that resizes the image to the model's input size (e.g. the preprocess "
+               "load_demo_model() or load_torchvision() returns: Explainer(model, image, preprocess=preprocess)), "
+               "or a larger image")
+        if big * bw <= 1:
+            raise ValueError(f"{method}: the model input is {big}x{bw} pixel ({how}): a map of one pixel is "
+                             f"constant (all zeros once normalised). {fix}.")
+        extents = {n: (int(self._acts[n].shape[-2]), int(self._acts[n].shape[-1])) for n in layers}
+        if not extents or any(h * w > 1 for h, w in extents.values()):
+            return
+        name = layers[-1]
+        h, w = extents[name]
+        spatial = [n for n in self._candidates if self._acts[n].shape[-2] * self._acts[n].shape[-1] > 1]
+        alt = ""
+        if spatial:
+            a = self._acts[spatial[-1]]
+            alt = (f", or pick an earlier layer with a spatial map, e.g. layer={spatial[-1]!r} "
+                   f"({a.shape[-2]}x{a.shape[-1]})")
+        which = f"Layer {name!r} gives" if len(layers) == 1 else f"Every candidate layer (the last: {name!r}) gives"
+        raise ValueError(
+            f"{method}: {which} a {h}x{w} feature map for the {big}x{bw} model input ({how}): the image "
+            "is too small for the model, and a CAM of a 1x1 map is constant (all zeros once normalised). "
+            f"{fix}{alt}."
+        )
 
     def _normalize(self, pixels: torch.Tensor) -> torch.Tensor:
         return self._preprocess.normalize(pixels) if self._preprocess is not None else pixels
@@ -456,7 +493,9 @@ class Explainer:
         ------
         ValueError
             Before any work: an unknown method (the valid names are listed), an unknown
-            parameter, a value out of its range, or a layer that is not a 4-D feature map.
+            parameter, a value out of its range, or a layer that is not a 4-D feature map;
+            or an image too small for the model: a one-pixel input, or a 1x1 feature map at
+            the method's layer (every candidate layer for I-CAM), whose map would be constant.
         """
         from .methods import get
 
@@ -464,6 +503,9 @@ class Explainer:
         values = spec.resolve(params)
         if "layer" in values:
             values["layer"] = self._layer(values["layer"])
+        # The map's layers: too small an image for them gives a constant map, refused (see _check_extent).
+        mapped: Sequence[str] = [] if spec.family != "multi-layer" else self._candidates
+        self._check_extent(method, [values["layer"]] if "layer" in values else mapped)
         key = ("result", method, tuple(sorted(values.items())))
         if key not in self._cache:
             self._cache[key] = spec.compute(self, **values)

@@ -194,7 +194,8 @@ def svim(image: torch.Tensor, perturbed: torch.Tensor, sigma: float = 0.25) -> t
     side = min(ref.shape)
     win = 7 if side >= 7 else (side if side % 2 == 1 else side - 1)
     if win < 3:
-        raise ValueError(f"SSIM needs images of at least 3x3 pixels, got {tuple(ref.shape)}.")
+        raise ValueError(f"SSIM needs images of at least 3x3 pixels, got {tuple(ref.shape)}; pass a larger "
+                         "image, or a preprocess that resizes it to the model's input size.")
     ssim = np.array([structural_similarity(ref, p, data_range=1.0, win_size=win) for p in pert])
     values = np.exp(-((ssim - 0.5) ** 2) / (2.0 * sigma**2))
     return torch.as_tensor(values, dtype=torch.float32, device=image.device)

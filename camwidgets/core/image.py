@@ -93,7 +93,10 @@ def _to_unit_float(arr: np.ndarray, what: str, dtype_name: str) -> np.ndarray:
         )
     out = arr.astype(np.float32)
     if not np.isfinite(out).all():
-        raise ValueError(f"{what} contains NaN or infinite values.")
+        raise ValueError(
+            f"{what} contains NaN or infinite values; replace them (e.g. np.nan_to_num(arr, nan=0.0, "
+            "posinf=1.0, neginf=0.0)) or fix what produced them: pixels must be finite."
+        )
     lo, hi = float(out.min()), float(out.max())
     # The bounds in float32, so that e.g. 1.001 written in the array is inside.
     if lo < float(np.float32(-FLOAT_TOLERANCE)) or hi > float(np.float32(1.0 + FLOAT_TOLERANCE)):
@@ -124,8 +127,8 @@ def _from_numpy(arr: np.ndarray, what: str, channels_first: bool = False,
         arr = arr[:, :, None]
     if arr.ndim != 3:
         raise ValueError(
-            f"{what} has shape {arr.shape}; expected (H, W), (H, W, C), (C, H, W) or (1, C, H, W) "
-            "with C in 1, 3, 4."
+            f"{what} has shape {arr.shape} ({arr.ndim} dimensions); expected (H, W), (H, W, C), (C, H, W) "
+            "or (1, C, H, W) with C in 1, 3, 4. Index or reshape it to one image of that shape."
         )
     # Tensors are read channels-first (torch's convention) when the first axis can be channels;
     # arrays are read channels-last (PIL / scikit-image's) unless only the first axis can be.
@@ -133,7 +136,11 @@ def _from_numpy(arr: np.ndarray, what: str, channels_first: bool = False,
     if first_ok and (channels_first or not last_ok):
         arr = np.moveaxis(arr, 0, -1)
     if arr.shape[-1] not in (1, 3, 4):
-        raise ValueError(f"{what} has shape {arr.shape}; the channel axis must have 1, 3 or 4 entries.")
+        raise ValueError(
+            f"{what} has shape {arr.shape}: {arr.shape[-1]} channels, but the channel axis must have 1 (grey), "
+            "3 (RGB) or 4 (RGBA) entries. Pick the channels you mean, e.g. arr[..., :3] for the first three "
+            "or arr[..., 0] for one."
+        )
     _check_pixels(arr.shape[0], arr.shape[1], what)
     out = _to_unit_float(arr, what, dtype_name or str(arr.dtype))
     if out.shape[-1] == 1:

@@ -58,7 +58,6 @@ from typing import Any, cast
 
 import numpy as np
 import torch
-from skimage.measure import label as _sk_label
 from torch import nn
 from torch.nn import functional as F
 
@@ -371,27 +370,41 @@ class _Scorer:
             yield pixels[s:s + self.batch_size], targets[s:s + self.batch_size]
 
 
-def _resolve_targets(target: TargetLike, logits: torch.Tensor) -> torch.Tensor:
-    n, num_classes = logits.shape
+def _target_indices(target: TargetLike, n: int) -> torch.Tensor | None:
+    """``target`` as class indices ``(n,)`` (None for None), checked without the model: type, count, sign."""
     if target is None:
-        return logits.argmax(dim=1)
+        return None
+    fix = "pass an int class index, a list of one per image, or None for the predicted class."
     if isinstance(target, (bool, np.bool_)):
-        raise ValueError(f"target must be an int class index, a list of them or None, got {target!r}.")
+        raise ValueError(f"target must be an int class index, a list of them or None, got {target!r}; {fix}")
     if isinstance(target, (int, np.integer)):
         t = torch.full((n,), int(target), dtype=torch.long)
     else:
         try:
             arr = np.asarray(target.cpu() if isinstance(target, torch.Tensor) else target).reshape(-1)
         except (TypeError, ValueError):
-            raise ValueError(f"target must be an int, a list of ints or None, got {target!r}.") from None
+            raise ValueError(f"target must be an int, a list of ints or None, got {target!r}; {fix}") from None
         if arr.dtype.kind not in "iu" and not (arr.dtype.kind == "f" and np.all(arr == np.round(arr))):
-            raise ValueError(f"target must hold integer class indices, got {target!r}.")
+            raise ValueError(f"target must hold integer class indices, got {target!r}; {fix}")
         if arr.size != n:
             raise ValueError(
                 f"Got {arr.size} targets for {n} image(s); pass one class per image, or one int."
             )
         t = torch.as_tensor(arr.astype(np.int64))
-    bad = (t < 0) | (t >= num_classes)
+    if bool((t < 0).any()):
+        raise ValueError(
+            f"target class {int(t[t < 0][0])} is out of range: class indices start at 0; "
+            "pass a class index >= 0 (or None for the predicted class)."
+        )
+    return t
+
+
+def _resolve_targets(target: TargetLike, logits: torch.Tensor) -> torch.Tensor:
+    n, num_classes = logits.shape
+    t = _target_indices(target, n)
+    if t is None:
+        return logits.argmax(dim=1)
+    bad = t >= num_classes
     if bool(bad.any()):
         raise ValueError(
             f"target class {int(t[bad][0])} is out of range for a model with {num_classes} classes; "
@@ -400,13 +413,15 @@ def _resolve_targets(target: TargetLike, logits: torch.Tensor) -> torch.Tensor:
     return t
 
 
-def _setup(model: nn.Module, image: Any, saliency_map: MapLike, preprocess: Preprocess | None
-           ) -> tuple[torch.Tensor, np.ndarray, bool]:
+def _setup(model: nn.Module, image: Any, saliency_map: MapLike, preprocess: Preprocess | None,
+           target: TargetLike = None) -> tuple[torch.Tensor, np.ndarray, bool]:
+    """Images, maps and the target checked before any model pass (the class range needs the logits)."""
     if not isinstance(model, nn.Module):
         raise ValueError(f"model must be a torch.nn.Module, got a {type(model).__name__}.")
     pixels, single = _prepare_images(image, preprocess)
     note = " after preprocess.geometry" if preprocess is not None else ""
     maps = _prepare_maps(saliency_map, pixels.shape[0], (pixels.shape[2], pixels.shape[3]), note)
+    _target_indices(target, pixels.shape[0])
     return pixels, maps, single
 
 
@@ -422,10 +437,10 @@ def _ic(y: np.ndarray, o: np.ndarray) -> np.ndarray:
     return 100.0 * (np.asarray(o, dtype=np.float64) > np.asarray(y, dtype=np.float64)).astype(np.float64)
 
 
-def _confidence(scorer: _Scorer, pixels: torch.Tensor, maps: np.ndarray, target: TargetLike
-                ) -> tuple[np.ndarray, np.ndarray, torch.Tensor]:
-    """``(y, o, targets)`` with ``o`` on ``pixels * E`` (pixel space)."""
-    logits = scorer.logits(pixels)
+def _confidence(scorer: _Scorer, pixels: torch.Tensor, maps: np.ndarray, target: TargetLike,
+                logits: torch.Tensor | None = None) -> tuple[np.ndarray, np.ndarray, torch.Tensor]:
+    """``(y, o, targets)`` with ``o`` on ``pixels * E`` (pixel space); ``logits`` of ``pixels`` if known."""
+    logits = scorer.logits(pixels) if logits is None else logits.detach().float().cpu()
     targets = _resolve_targets(target, logits)
     y = torch.softmax(logits, dim=1).gather(1, targets.view(-1, 1)).squeeze(1).double().numpy()
     masked = pixels * torch.from_numpy(maps).float().unsqueeze(1)
@@ -437,7 +452,8 @@ def _confidence(scorer: _Scorer, pixels: torch.Tensor, maps: np.ndarray, target:
 # Average Drop / Increase in Confidence
 # ----------------------------------------------------------------------------------------
 def confidence_change(model: nn.Module, image: Any, saliency_map: MapLike, target: TargetLike = None,
-                      preprocess: PreprocessLike = None, *, batch_size: int = 32) -> ConfidenceChange:
+                      preprocess: PreprocessLike = None, *, batch_size: int = 32,
+                      logits: torch.Tensor | None = None) -> ConfidenceChange:
     r"""Target probability on the image and on the image masked by its map.
 
     ``y = softmax(S(x))_c`` and ``o = softmax(S(x ⊙ E))_c`` where ``x ⊙ E`` multiplies the
@@ -459,6 +475,11 @@ def confidence_change(model: nn.Module, image: Any, saliency_map: MapLike, targe
         None is the identity (no resize, no normalisation).
     batch_size : int, default 32
         Images per forward pass.
+    logits : Tensor (N, num_classes) or None
+        The model's logits on the unmasked image(s), if a pass already gave them (e.g. an
+        :class:`~camwidgets.core.explainer.Explainer`'s ``logits_tensor``): ``y`` is read from
+        them and only the masked images run. They must come from the same model and
+        preprocessing.
 
     Returns
     -------
@@ -473,10 +494,15 @@ def confidence_change(model: nn.Module, image: Any, saliency_map: MapLike, targe
         class out of range, unreadable image.
     """
     preprocess = as_preprocess(preprocess)
-    pixels, maps, single = _setup(model, image, saliency_map, preprocess)
+    pixels, maps, single = _setup(model, image, saliency_map, preprocess, target)
+    if logits is not None and (not isinstance(logits, torch.Tensor) or logits.dim() != 2
+                               or logits.shape[0] != pixels.shape[0]):
+        shape = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
+        raise ValueError(f"logits must be a tensor (N, num_classes) for the {pixels.shape[0]} image(s), got "
+                         f"{shape}; pass None to let confidence_change run the unmasked images itself.")
     scorer = _Scorer(model, preprocess, batch_size)
     with _eval_mode(model), torch.inference_mode():
-        y, o, targets = _confidence(scorer, pixels, maps, target)
+        y, o, targets = _confidence(scorer, pixels, maps, target, logits)
     return ConfidenceChange(_unbatch(y, single), _unbatch(o, single), _unbatch_target(targets, single))
 
 
@@ -656,7 +682,7 @@ def _curve_metric(kind: str, model: nn.Module, image: Any, saliency_map: MapLike
     steps = _check_steps(steps)
     if not (isinstance(sigma, (int, float)) and math.isfinite(sigma) and sigma >= 0):
         raise ValueError(f"sigma must be a finite number >= 0 (pixels), got {sigma}.")
-    pixels, maps, single = _setup(model, image, saliency_map, preprocess)
+    pixels, maps, single = _setup(model, image, saliency_map, preprocess, target)
     base = _baseline_pixels(pixels, baseline, sigma)
     scorer = _Scorer(model, preprocess, batch_size)
     with _eval_mode(model), torch.inference_mode():
@@ -925,7 +951,7 @@ def coherency(model: nn.Module, image: Any, saliency_map: MapLike, target: Targe
         In ``[0, 1]`` (higher is better).
     """
     preprocess = as_preprocess(preprocess)
-    pixels, maps, single = _setup(model, image, saliency_map, preprocess)
+    pixels, maps, single = _setup(model, image, saliency_map, preprocess, target)
     fn = _resolve_explain_fn(explain_fn, saliency_map, model, preprocess, single)
     scorer = _Scorer(model, preprocess, batch_size)
     with _eval_mode(model):
@@ -969,7 +995,7 @@ def adcc(model: nn.Module, image: Any, saliency_map: MapLike, target: TargetLike
         ``adcc``, ``coherency``, ``complexity``, ``average_drop`` (float each, or ``(N,)``).
     """
     preprocess = as_preprocess(preprocess)
-    pixels, maps, single = _setup(model, image, saliency_map, preprocess)
+    pixels, maps, single = _setup(model, image, saliency_map, preprocess, target)
     fn = _resolve_explain_fn(explain_fn, saliency_map, model, preprocess, single)
     scorer = _Scorer(model, preprocess, batch_size)
     with _eval_mode(model):
@@ -1176,6 +1202,9 @@ def _box_iou(a: tuple[int, int, int, int], b: tuple[int, int, int, int]) -> floa
 
 
 def _largest_component_box(pred: np.ndarray, connectivity: int) -> tuple[int, int, int, int] | None:
+    # Imported here: skimage.measure loads scipy.ndimage, which nothing else on the explorer's path needs.
+    from skimage.measure import label as _sk_label
+
     labels = cast(np.ndarray, _sk_label(pred, connectivity=connectivity))
     if labels.max() == 0:
         return None

@@ -329,7 +329,9 @@ def test_batch_equals_per_image_loop() -> None:
     b_adcc = M.adcc(model, imgs, maps, targets, pre, explain_fn=explain)
     for i in range(3):
         args = (model, imgs[i], maps[i], targets[i], pre)
-        assert b_ad[i] == pytest.approx(M.average_drop(*args), abs=1e-9)
+        # A batch of 3 and a batch of 1 take different float32 conv kernels: probabilities agree to
+        # ~1e-7, and AD = 100 (y - o) / y turns that into up to ~1e-5 percent points (8e-6 seen).
+        assert b_ad[i] == pytest.approx(M.average_drop(*args), abs=1e-4)
         assert b_ic[i] == M.increase_in_confidence(*args)
         d = M.deletion(*args, steps=5)
         np.testing.assert_allclose(b_del.curve[i], d.curve, atol=1e-6)
@@ -337,7 +339,8 @@ def test_batch_equals_per_image_loop() -> None:
         ins = M.insertion(*args, steps=5, sigma=1.0)
         np.testing.assert_allclose(b_ins.curve[i], ins.curve, atol=1e-6)
         one = M.adcc(*args, explain_fn=explain)
-        assert np.asarray(b_adcc.adcc)[i] == pytest.approx(one.adcc, abs=1e-9)
+        # ADCC carries AD / 100 (see above): 1e-6 covers the batch-size kernel difference
+        assert np.asarray(b_adcc.adcc)[i] == pytest.approx(one.adcc, abs=1e-6)
         assert np.asarray(b_adcc.coherency)[i] == pytest.approx(one.coherency, abs=1e-9)
     np.testing.assert_array_equal(b_del.target, targets)
 
