@@ -28,3 +28,43 @@ def test_core_all_is_explicit_and_importable() -> None:
     for name in ("Explainer", "explain_batch", "CAMResult", "ICAMResult", "UnionCAMResult", "FusionCAMResult",
                  "candidate_layers", "capture"):
         assert name in core.__all__
+
+
+def _loaded_after(code: str, watched: tuple[str, ...]) -> list[str]:
+    """The modules of ``watched`` found in ``sys.modules`` after running ``code`` in a fresh interpreter."""
+    probe = f"{code}\nimport sys; print(','.join(m for m in {watched!r} if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True, timeout=300)
+    return [m for m in out.stdout.strip().split(",") if m]
+
+
+# Plotly's FigureWidget (plotly.basewidget) imports plotly.io._renderers, which imports nbformat, which imports
+# jsonschema, whose format checkers import rfc3987_syntax when it is installed (JupyterLab brings it): that one
+# compiles some 20 Lark grammars on import, seconds on a small machine. Only a built explorer needs FigureWidget.
+_WIDGET_STACK = ("torch", "torchvision", "ipywidgets", "plotly", "anywidget", "nbformat", "jsonschema",
+                 "rfc3987_syntax")
+
+
+def test_top_level_import_loads_nothing_heavy() -> None:
+    """``import camwidgets`` is lazy: no torch, no widget stack, no schema validators."""
+    assert _loaded_after("import camwidgets", _WIDGET_STACK) == []
+
+
+def test_explorer_class_import_leaves_figurewidget_out() -> None:
+    """Importing CAMExplorer does not import plotly.basewidget (nor nbformat, jsonschema, rfc3987_syntax):
+    panes reach ``go.FigureWidget`` only when they are built."""
+    watched = ("plotly.basewidget", "nbformat", "jsonschema", "rfc3987_syntax")
+    assert _loaded_after("from camwidgets import CAMExplorer", watched) == []
+
+
+def test_core_metrics_import_leaves_scipy_out() -> None:
+    """scikit-image's ``measure`` (and with it scipy.ndimage) is imported by the localisation metrics when
+    they run, not with ``camwidgets.core.metrics``, which the explorer imports."""
+    watched = ("skimage.measure", "scipy.ndimage")
+    assert _loaded_after("import camwidgets.core.metrics", watched) == []
+
+
+def test_every_top_level_name_imports() -> None:
+    import camwidgets
+
+    for name in camwidgets.__all__:
+        exec(f"from camwidgets import {name}", {})
