@@ -38,7 +38,7 @@ from camwidgets.datasets import Shapes
 METHODS = ["gradcam", "gradcampp", "layercam", "scorecam", "unioncam", "fusioncam", "icam"]
 METRICS = ["average_drop", "increase_in_confidence", "insertion", "deletion", "over_all", "adcc",
            "energy_pointing_game", "pointing_game", "localisation"]
-TIMING = {"seconds", "metric_seconds"}
+TIMING = {"seconds", "capture_seconds", "metric_seconds"}
 
 
 def _same(a: list[dict[str, Any]], b: list[dict[str, Any]]) -> float:

@@ -55,7 +55,7 @@ DEFAULT_METRICS: tuple[str, ...] = tuple(_metric_registry.METRICS)
 #: Row columns each metric name produces (from the metric registry).
 METRIC_COLUMNS: Mapping[str, tuple[str, ...]] = {m.name: m.column_names for m in _metric_registry.list_metrics()}
 _META_COLUMNS = ("index", "method", "label", "target", "predicted", "probability", "seconds",
-                 "metric_seconds")
+                 "capture_seconds", "metric_seconds")
 _SUMMARY_SKIP = {"index", "method", "label", "target", "predicted"}
 
 ExplainerFactory = Callable[..., Any]
@@ -103,9 +103,10 @@ class EvaluationResult:
         One per image × method: ``index`` (position in the dataset), ``method``,
         ``label`` (None if the item has none), ``target`` (the explained class),
         ``predicted``, ``probability`` (``Y_target`` of the unmasked image), ``seconds``
-        (wall time to build the explainer and compute the map), ``metric_seconds`` (wall
-        time of the metrics), then the metric columns (:data:`METRIC_COLUMNS`). A metric
-        that needs a ground truth the item lacks is None.
+        (wall time of the method's own stages), ``capture_seconds`` (wall time of the
+        item's one forward pass and backward to the layer, shared by all its methods),
+        ``metric_seconds`` (wall time of the metrics), then the metric columns
+        (:data:`METRIC_COLUMNS`). A metric that needs a ground truth the item lacks is None.
     summary : list of dict
         One per method × column: ``method``, ``metric``, ``n`` (non-missing values),
         ``mean``, ``std`` (sample, ddof 1), ``ci_low``, ``ci_high`` (95 % Student t
@@ -977,8 +978,12 @@ def evaluate(
     -----
     ADCC's coherency re-runs the same method (same parameters, same factory) on
     ``x ⊙ E``, the preprocessed pixel image times its map, with normalisation only.
-    ``seconds`` is wall-clock time on the calling machine and includes the explainer's
-    forward/backward capture.
+    Each item gets one forward pass, the explainer's: it gives the prediction, the
+    unmasked probability the confidence metrics use, and the captures every method of the
+    item shares (methods run in the order given, and one that reuses a stage an earlier
+    method computed, e.g. Fusion-CAM after Score-CAM, costs only its own part). ``seconds``
+    is the wall time of the method's own stages and ``capture_seconds`` that of the shared
+    pass, on the calling machine.
     """
     specs = _method_specs(methods, registered=explainer_factory is None)
     metric_list = list(dict.fromkeys(metrics))
@@ -1110,7 +1115,13 @@ class _SettingError(ValueError):
 
 @dataclass
 class _Prepared:
-    """One dataset item, loaded and checked, with the model's prediction on it."""
+    """One dataset item, loaded and checked, with the model's prediction on it.
+
+    ``logits`` are the unmasked image's logits ``(1, C)`` from the one forward pass the item
+    gets: the explainer's when the default factory builds it here (``explainer``, with
+    ``capture_seconds`` its forward/backward), else a plain pass; Average Drop and Increase in
+    Confidence reuse them.
+    """
 
     item: _Item
     geo: torch.Tensor
@@ -1119,6 +1130,9 @@ class _Prepared:
     probability: float
     mask: np.ndarray | None
     box: tuple[int, int, int, int] | None
+    logits: torch.Tensor
+    explainer: Any = None
+    capture_seconds: float = 0.0
 
 
 @dataclass(frozen=True, eq=False)
@@ -1146,34 +1160,67 @@ class _Task:
         """The methods of item ``index`` that have no row yet."""
         return [name for name in self.specs if (index, name) not in done]
 
+    def _range_error(self, scorer: M._Scorer, geo: torch.Tensor, tgt: int) -> None:
+        """A fixed ``target=<class>`` out of the model's range fails on every item: a setting error."""
+        with M._eval_mode(self.model), torch.inference_mode():
+            logits = scorer.logits(geo[None])
+        try:
+            M._resolve_targets(tgt, logits)
+        except ValueError as err:
+            raise _SettingError(str(err)) from None
+
     def prepare(self, index: int, load: Callable[[], Any]) -> _Prepared:
-        """Load item ``index`` (``load()``), check it and run the model on it."""
+        """Load item ``index`` (``load()``), check it and run the model on it (one forward pass).
+
+        With the default factory the pass is the explainer's own (built here, shared by every
+        method of the item); a custom factory's explainer is built at the first method, after
+        a plain forward pass for the prediction.
+        """
+        from .explainer import Explainer
+
         item = _as_item(load(), index)
         model, preprocess = self.model, self.preprocess
         pixels = load_image(item.image)
         geo = preprocess.geometry(pixels) if preprocess is not None else pixels
         hw = (int(geo.shape[-2]), int(geo.shape[-1]))
         scorer = M._Scorer(model, self.norm_only, self.batch_size)
-        with M._eval_mode(model), torch.inference_mode():
-            logits = scorer.logits(geo[None])
-        predicted = int(logits.argmax(dim=1)[0])
-        if isinstance(self.target, int):
-            tgt = self.target
-        elif self.target == "label" and item.label is not None:
-            tgt = item.label
+        explainer, seconds = None, 0.0
+        if self.factory is Explainer:
+            if isinstance(self.target, int):
+                asked: int | None = self.target
+            elif self.target == "label" and item.label is not None:
+                asked = item.label
+            else:
+                asked = None
+            t0 = time.perf_counter()
+            try:
+                # the resized image with normalisation only: the geometry is not applied twice
+                explainer = Explainer(model, geo, target=asked, layers=self.layers, preprocess=self.norm_only)
+            except ValueError:
+                if isinstance(self.target, int):
+                    self._range_error(scorer, geo, self.target)
+                raise
+            seconds = time.perf_counter() - t0
+            logits = explainer.logits_tensor.detach().float().cpu()[None]
+            tgt = explainer.target
         else:
-            tgt = predicted
-        try:
+            with M._eval_mode(model), torch.inference_mode():
+                logits = scorer.logits(geo[None])
+            if isinstance(self.target, int):
+                tgt = self.target
+                if tgt >= logits.shape[1]:
+                    self._range_error(scorer, geo, tgt)
+            elif self.target == "label" and item.label is not None:
+                tgt = item.label
+            else:
+                tgt = int(logits.argmax(dim=1)[0])
             tgt = int(M._resolve_targets(tgt, logits)[0])  # range check with a clear message
-        except ValueError as err:
-            if isinstance(self.target, int):  # target=<class> fails on every item: the call is wrong
-                raise _SettingError(str(err)) from None
-            raise
+        predicted = int(logits.argmax(dim=1)[0])
         prob = float(torch.softmax(logits, dim=1)[0, tgt])
         needs_truth = any(_metric_registry.get_metric(m).needs_ground_truth for m in self.metric_list)
         mask, box = (_ground_truth_at(item, hw, (int(pixels.shape[-2]), int(pixels.shape[-1])), preprocess)
                      if needs_truth else (None, None))
-        return _Prepared(item, geo, predicted, tgt, prob, mask, box)
+        return _Prepared(item, geo, predicted, tgt, prob, mask, box, logits, explainer, seconds)
 
     def run(self, index: int, load: Callable[[], Any], todo: Sequence[str],
             on_row: Callable[[dict[str, Any]], None] | None = None,
@@ -1199,19 +1246,24 @@ class _Task:
         model, preprocess, item, tgt = self.model, self.preprocess, p.item, p.target
 
         rows, errors = [], []
+        explainer, capture_seconds = p.explainer, p.capture_seconds
         for name in todo:
             spec = self.specs[name]
             if note is not None:
                 note(f"{index}:{name}")
             try:
+                if explainer is None:  # a custom factory: one explainer per item, built at its first method
+                    t0 = time.perf_counter()
+                    explainer = self.factory(model, item.image, target=tgt, layers=self.layers,
+                                             preprocess=preprocess)
+                    capture_seconds = time.perf_counter() - t0
                 t0 = time.perf_counter()
-                explainer = self.factory(model, item.image, target=tgt, layers=self.layers, preprocess=preprocess)
                 result = getattr(explainer, spec["method"])(**spec["params"])
                 emap = M._map_array(result, f"The map of {name}")
                 seconds = time.perf_counter() - t0
                 t1 = time.perf_counter()
                 values = _score(model, p.geo, emap, tgt, self.norm_only, self.metric_list, self.params, self.steps,
-                                self.batch_size, p.mask, p.box, self.factory, self.layers, spec)
+                                self.batch_size, p.mask, p.box, self.factory, self.layers, spec, p.logits)
                 metric_seconds = time.perf_counter() - t1
             except (KeyboardInterrupt, SystemExit):
                 raise
@@ -1223,7 +1275,7 @@ class _Task:
                 continue
             row = _json_value({"index": index, "method": name, "label": item.label, "target": tgt,
                                "predicted": p.predicted, "probability": p.probability, "seconds": seconds,
-                               "metric_seconds": metric_seconds, **values})
+                               "capture_seconds": capture_seconds, "metric_seconds": metric_seconds, **values})
             if on_row is not None:
                 on_row(row)
             rows.append(row)
@@ -1270,7 +1322,7 @@ def _executor(executor: Any) -> Any:
 def _score(model: nn.Module, geo: torch.Tensor, emap: np.ndarray, tgt: int, norm_only: Preprocess | None,
            metric_list: Sequence[str], params: Mapping[str, Mapping[str, Any]], steps: int, batch_size: int,
            mask: np.ndarray | None, box: tuple[int, int, int, int] | None, factory: ExplainerFactory,
-           layers: Any, spec: Mapping[str, Any]) -> dict[str, Any]:
+           layers: Any, spec: Mapping[str, Any], logits: torch.Tensor | None = None) -> dict[str, Any]:
     """Every requested metric of one map, through the metric registry (shared passes computed once)."""
     def explain_fn(masked: torch.Tensor, t: int) -> Any:
         ex = factory(model, masked, target=t, layers=layers, preprocess=norm_only)
@@ -1278,7 +1330,7 @@ def _score(model: nn.Module, geo: torch.Tensor, emap: np.ndarray, tgt: int, norm
 
     ctx = _metric_registry.MetricContext(model=model, pixels=geo, saliency_map=emap, target=tgt,
                                          preprocess=norm_only, steps=steps, batch_size=batch_size, mask=mask,
-                                         box=box, explain_fn=explain_fn, params=params)
+                                         box=box, explain_fn=explain_fn, params=params, logits=logits)
     out: dict[str, Any] = {}
     for name in metric_list:
         out.update(_metric_registry.get_metric(name).compute(ctx))

@@ -79,6 +79,9 @@ class MetricContext:
         ``explain_fn(masked_pixels, target) -> map``: the same method re-run (ADCC's coherency).
     params : mapping
         ``{metric name: {keyword: value}}``: each metric's own settings (e.g. insertion's ``blur``).
+    logits : Tensor (1, num_classes) or None
+        The unmasked image's logits, when the caller already ran that pass (the explainer's
+        forward): Average Drop and Increase in Confidence then run only the masked image.
     """
 
     model: nn.Module
@@ -92,6 +95,7 @@ class MetricContext:
     box: tuple[int, int, int, int] | None = None
     explain_fn: Callable[[torch.Tensor, int], Any] | None = None
     params: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    logits: torch.Tensor | None = None
     _shared: dict[Hashable, Any] = field(default_factory=dict, repr=False)
 
     def shared(self, key: Hashable, compute: Callable[[], Any]) -> Any:
@@ -154,7 +158,8 @@ class Metric:
 # ----------------------------------------------------------------------------------------
 def _confidence(ctx: MetricContext) -> M.ConfidenceChange:
     return ctx.shared("confidence", lambda: M.confidence_change(
-        ctx.model, ctx.pixels, ctx.saliency_map, ctx.target, ctx.preprocess, batch_size=ctx.batch_size))
+        ctx.model, ctx.pixels, ctx.saliency_map, ctx.target, ctx.preprocess, batch_size=ctx.batch_size,
+        logits=ctx.logits))
 
 
 def _average_drop(ctx: MetricContext) -> Values:

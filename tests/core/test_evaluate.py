@@ -15,6 +15,7 @@ from torch import nn
 
 from camwidgets.core import metrics as M
 from camwidgets.core.evaluate import EvaluationResult, evaluate, summarize, t_quantile_975
+from camwidgets.core.explainer import Explainer
 from camwidgets.core.image import load_image
 from camwidgets.core.preprocess import Preprocess
 
@@ -326,3 +327,29 @@ def test_end_to_end_with_the_real_explainer_and_demo_model() -> None:
     assert row["deletion"] == pytest.approx(dele.auc)
     assert row["iou"] == pytest.approx(M.localisation(result, item["mask"]).iou)
     assert all(m.training is False for m in model.modules())  # load_demo_model's eval mode kept
+
+
+def test_each_item_gets_one_forward_pass_shared_by_its_methods() -> None:
+    """gradcam + layercam + gradcampp with Average Drop / IC: per item one explainer pass (with one
+    backward to the layer) and one masked pass per method; no separate pass for the prediction."""
+    model = small_cnn(4)
+    calls: list[tuple[int, bool]] = []  # (batch size, grad enabled) of every forward
+    handle = model.register_forward_hook(lambda m, i, o: calls.append((i[0].shape[0], torch.is_grad_enabled())))
+    data = [torch.rand(3, 12, 12, generator=torch.Generator().manual_seed(s)) for s in range(3)]
+    try:
+        res = evaluate(model, data, ["gradcam", "layercam", "gradcampp"], ["average_drop", "increase_in_confidence"],
+                       target="predicted", progress=False)
+    finally:
+        handle.remove()
+    assert len(res.rows) == 9
+    grad_passes = [c for c in calls if c[1]]
+    assert len(grad_passes) == 3  # the explainer's, once per item
+    assert len(calls) == 3 + 9  # + one masked pass per row (the unmasked probability comes from the explainer)
+    for r in res.rows:  # the explainer's pass gave the prediction and y, equal to a plain pass
+        x = data[r["index"]][None]
+        with torch.no_grad():
+            p = torch.softmax(model(x), dim=1)[0]
+        assert r["predicted"] == int(p.argmax())
+        assert r["probability"] == pytest.approx(float(p[r["target"]]), abs=1e-6)
+        emap = Explainer(model, x[0]).explain(r["method"]).map  # AD with y from that pass = AD on its own
+        assert r["average_drop"] == pytest.approx(M.average_drop(model, x[0], emap), abs=1e-6)

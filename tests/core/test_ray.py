@@ -29,7 +29,7 @@ pytestmark = pytest.mark.slow
 METHODS = ["gradcam", "icam", "unioncam"]
 METRICS = ["average_drop", "increase_in_confidence", "insertion", "deletion", "adcc", "energy_pointing_game",
            "localisation"]
-TIMING = {"seconds", "metric_seconds"}
+TIMING = {"seconds", "capture_seconds", "metric_seconds"}
 
 
 @pytest.fixture(scope="module")
