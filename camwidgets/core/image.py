@@ -151,6 +151,21 @@ def _from_numpy(arr: np.ndarray, what: str, channels_first: bool = False,
     return torch.from_numpy(np.ascontiguousarray(out.transpose(2, 0, 1), dtype=np.float32))
 
 
+_FORMATS = "pass a PNG, JPEG, BMP, TIFF, GIF or WebP file"
+
+
+def _is_svg(src: str | os.PathLike[str] | bytes) -> bool:
+    """An SVG file or SVG data: vector graphics, which PIL does not rasterise."""
+    if not isinstance(src, bytes) and Path(src).suffix.lower() in (".svg", ".svgz"):
+        return True
+    if isinstance(src, bytes):
+        head = src[:1024]
+    else:
+        with Path(src).open("rb") as f:
+            head = f.read(1024)
+    return b"<svg" in head.lower()
+
+
 def _open(src: str | os.PathLike[str] | bytes) -> torch.Tensor:
     what = "The data given" if isinstance(src, bytes) else f"The file {str(src)!r}"
     if not isinstance(src, bytes):
@@ -159,6 +174,8 @@ def _open(src: str | os.PathLike[str] | bytes) -> torch.Tensor:
             raise ValueError(f"{what} does not exist; check the path.")
         if path.is_dir():
             raise ValueError(f"{what} is a folder; pass the path of an image file.")
+    if (len(src) if isinstance(src, bytes) else Path(src).stat().st_size) == 0:
+        raise ValueError(f"{what} is empty (0 bytes); {_FORMATS} (a failed download or copy leaves one).")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -171,11 +188,21 @@ def _open(src: str | os.PathLike[str] | bytes) -> torch.Tensor:
             "PIL.Image.MAX_IMAGE_PIXELS if you trust the file."
         ) from None
     except UnidentifiedImageError:
-        raise ValueError(
-            f"{what} is not an image PIL can read; pass a PNG, JPEG, BMP, TIFF, GIF or WebP file."
-        ) from None
+        if _is_svg(src):
+            raise ValueError(
+                f"{what} is an SVG (vector graphics), which PIL cannot read; rasterise it first "
+                "(e.g. cairosvg.svg2png, or export a PNG from your editor) and pass that."
+            ) from None
+        raise ValueError(f"{what} is not an image PIL can read; {_FORMATS}.") from None
     except OSError as err:
-        raise ValueError(f"{what} could not be read as an image: {err}.") from None
+        if "truncated" in str(err):
+            raise ValueError(
+                f"{what} is cut short ({err}): the file ends before its pixel data does. Download or "
+                "export it again; to read the part that is there, set PIL.ImageFile.LOAD_TRUNCATED_IMAGES "
+                "= True (the missing rows come out black)."
+            ) from None
+        raise ValueError(f"{what} could not be read as an image ({err}); check that the file is a "
+                         f"complete image, or {_FORMATS}.") from None
 
 
 def load_image(src: ImageLike, size: int | tuple[int, int] | None = None) -> torch.Tensor:
@@ -191,15 +218,17 @@ def load_image(src: ImageLike, size: int | tuple[int, int] | None = None) -> tor
         65535, bool is 0/1, floats must already lie in ``[0, 1]`` (values at most ``1e-3``
         outside are clipped). Other integer dtypes (int8 ... int64, uint32, uint64, PIL mode
         ``"I"``) are refused, as their range is unknown. Grey, palette, 16-bit and RGBA
-        images become RGB; transparency is composited over white. docs/input.md has the
-        whole contract.
+        images become RGB; transparency is composited over white. Of a file with several
+        frames (an animated GIF, APNG or WebP, a multi-page TIFF) the first frame is read.
+        docs/input.md has the whole contract.
     size : int or (H, W), optional
         Resize (bilinear, antialiased) to a square of this side, or to ``(H, W)``.
 
     Raises
     ------
     ValueError
-        For a file that is not an image (or does not exist), an empty array, a batch of
+        For a file that is not an image (or does not exist, is empty, is cut short, is an
+        SVG), an empty array, a batch of
         several images, an array of the wrong shape, dtype or range (a float image outside
         ``[0, 1]``, NaN), or an image over PIL's decompression-bomb limit
         (``PIL.Image.MAX_IMAGE_PIXELS``). The message says what to do.

@@ -11,11 +11,12 @@ converted correctly.
 from __future__ import annotations
 
 import copy
+import io
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import pytest
@@ -151,6 +152,30 @@ def _pil_mode_f_255(tmp: Path) -> Any:
     return img
 
 
+def _truncated_png(tmp: Path) -> Any:
+    """A valid 64x64 PNG cut in half: the header reads, the pixel data ends early."""
+    full = io.BytesIO()
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(full, "PNG")
+    path = tmp / "half.png"
+    path.write_bytes(full.getvalue()[: len(full.getvalue()) // 2])
+    return path
+
+
+def _empty_file(tmp: Path) -> Any:
+    path = tmp / "empty.jpg"
+    path.write_bytes(b"")
+    return path
+
+
+_SVG = '<svg xmlns="http://www.w3.org/2000/svg" width="8" height="8"><rect width="8" height="8" fill="red"/></svg>'
+
+
+def _svg_file(tmp: Path) -> Any:
+    path = tmp / "drawing.svg"
+    path.write_text('<?xml version="1.0"?>\n' + _SVG)
+    return path
+
+
 BAD_IMAGES: list[tuple[str, Callable[[Path], Any], str]] = [
     ("2 channels", lambda t: np.zeros((8, 8, 2), np.uint8),
      r"\(8, 8, 2\): 2 channels.*1 \(grey\), 3 \(RGB\) or 4 \(RGBA\).*Pick the channels"),
@@ -175,6 +200,12 @@ BAD_IMAGES: list[tuple[str, Callable[[Path], Any], str]] = [
     ("a folder", lambda t: t, r"is a folder; pass the path of an image file"),
     ("text file .png", _text_png, r"notes\.png' is not an image PIL can read; pass a PNG, JPEG"),
     ("bytes", lambda t: b"GIF89a but not really an image", r"The data given is not an image PIL can read; pass"),
+    ("truncated PNG", _truncated_png,
+     r"half\.png' is cut short \(image file is truncated.*Download or export it again.*LOAD_TRUNCATED_IMAGES"),
+    ("0-byte file", _empty_file, r"empty\.jpg' is empty \(0 bytes\); pass a PNG, JPEG"),
+    ("0 bytes", lambda t: b"", r"The data given is empty \(0 bytes\); pass a PNG, JPEG"),
+    ("SVG file", _svg_file, r"drawing\.svg' is an SVG \(vector graphics\), which PIL cannot read; rasterise it"),
+    ("SVG bytes", lambda t: _SVG.encode(), r"The data given is an SVG .*rasterise it first"),
     ("None", lambda t: None, r"cannot read a NoneType; pass a file path, bytes, a PIL image"),
     ("list", lambda t: [[0.0, 1.0]], r"cannot read a list; pass a file path"),
 ]
@@ -242,6 +273,82 @@ def test_pil_modes_are_converted_correctly() -> None:
     np.testing.assert_allclose(load_image(la)[:, 0, 0].numpy(), [1.0, 1.0, 1.0], atol=1e-6)
 
 
+def _map(model: nn.Module, image: Any, **kwargs: Any) -> np.ndarray:
+    return np.asarray(Explainer(model, image, target=1, **kwargs).gradcam().map)
+
+
+def test_an_animated_gif_is_read_as_its_first_frame(tmp_path: Path, resnet: nn.Module) -> None:
+    # Documented (load_image, docs/input.md): of an animated or multi-page file the first frame is read.
+    first = np.zeros((64, 64, 3), np.uint8)
+    first[:, :32] = (255, 0, 0)
+    first[:, 32:] = (0, 255, 0)
+    frames = [Image.fromarray(first), Image.new("RGB", (64, 64), (0, 0, 255)), Image.new("RGB", (64, 64), (9, 9, 9))]
+    path = tmp_path / "anim.gif"
+    frames[0].save(path, save_all=True, append_images=frames[1:], duration=100, loop=0)
+    with Image.open(path) as im:
+        assert im.n_frames == 3
+    expected = torch.from_numpy(first.transpose(2, 0, 1).astype(np.float32) / 255)
+    assert torch.equal(load_image(path), expected)  # red / green, exactly: not blue, not a mix
+    before = _snapshot(resnet)
+    exp = Explainer(resnet, path, target=1)
+    assert torch.equal(exp.image.cpu(), expected)
+    np.testing.assert_array_equal(np.asarray(exp.gradcam().map), _map(resnet, expected))
+    _assert_untouched(resnet, before)
+
+
+def test_an_image_over_the_decompression_bomb_limit_is_refused_before_any_pass(
+        tmp_path: Path, resnet: nn.Module, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "big.png"
+    Image.fromarray(np.zeros((40, 40, 3), np.uint8)).save(path)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # 1,600 pixels is now over the limit
+    before = _snapshot(resnet)
+    for src in (path, path.read_bytes(), np.zeros((40, 40, 3), np.uint8), Image.new("RGB", (40, 40))):
+        with _forward_passes(resnet) as passes, pytest.raises(
+                ValueError, match=r"decompression-bomb limit.*Downscale it first, or raise PIL\.Image\.MAX_IMAGE_PIX"):
+            Explainer(resnet, src, target=1)
+        assert passes.n == 0
+    _assert_untouched(resnet, before)
+
+
+def _cmyk_to_rgb(cmyk: np.ndarray) -> np.ndarray:
+    """PIL's naive conversion (no colour profile): R = (255 - C)(255 - K) / 255, rounded; G, B alike."""
+    c = cmyk.astype(np.float64)
+    return np.round((255 - c[..., :3]) * (255 - c[..., 3:]) / 255)
+
+
+@pytest.mark.parametrize("mode", ["L", "RGBA", "P", "CMYK"])
+def test_files_of_every_pil_mode_give_the_map_of_their_rgb_pixels(
+        mode: str, tmp_path: Path, resnet: nn.Module) -> None:
+    rng = np.random.default_rng(3)
+    if mode == "L":
+        grey = rng.integers(0, 256, (64, 64), dtype=np.uint8)
+        img, rgb = Image.fromarray(grey), np.repeat(grey[..., None], 3, axis=-1)
+    elif mode == "RGBA":
+        rgba = rng.integers(0, 256, (64, 64, 4), dtype=np.uint8)
+        img = Image.fromarray(rgba)
+        a = rgba[..., 3:].astype(np.float64) / 255  # composited over white, in 8 bits (PIL rounds)
+        rgb = np.round(rgba[..., :3] * a + 255 * (1 - a))
+    elif mode == "P":
+        palette = rng.integers(0, 256, (256, 3), dtype=np.uint8)
+        index = rng.integers(0, 256, (64, 64), dtype=np.uint8)
+        img = Image.fromarray(index, mode="P")
+        img.putpalette(palette.tobytes())
+        rgb = palette[index]
+    else:
+        cmyk = rng.integers(0, 256, (64, 64, 4), dtype=np.uint8)
+        img, rgb = Image.fromarray(cmyk, mode="CMYK"), _cmyk_to_rgb(cmyk)
+    path = tmp_path / ("img.tif" if mode == "CMYK" else "img.png")  # TIFF keeps CMYK, losslessly
+    img.save(path)
+    with Image.open(path) as im:
+        assert im.mode == mode
+    expected = torch.from_numpy(np.asarray(rgb, np.float64).transpose(2, 0, 1) / 255).float()
+    before = _snapshot(resnet)
+    exp = Explainer(resnet, path, target=1)
+    torch.testing.assert_close(exp.image.cpu(), expected, atol=1e-6, rtol=0)
+    np.testing.assert_allclose(np.asarray(exp.gradcam().map), _map(resnet, expected), atol=1e-5)
+    _assert_untouched(resnet, before)
+
+
 # ------------------------------------------------------------------------------------ 2. models and layers
 def test_a_model_without_convolution_is_refused_before_any_pass() -> None:
     mlp = _mixed_modes_mlp()
@@ -305,6 +412,132 @@ def test_a_layer_with_a_1x1_map_is_refused_not_answered_with_a_zero_map(resnet: 
         exp.gradcam(layer="avgpool")
     assert passes.n == 1  # one capture to find the layer's output, then no map computed
     _assert_untouched(resnet, before)
+
+
+class _TupleOut(_SmallCNN):
+    def forward(self, x: torch.Tensor) -> Any:  # (logits, features), as some detection-style heads do
+        feats = self.body(x)
+        return self.head(feats.mean((2, 3))), feats
+
+
+class _DictOut(_SmallCNN):
+    def forward(self, x: torch.Tensor) -> Any:  # a Hugging Face-style output
+        return {"logits": super().forward(x)}
+
+
+@pytest.mark.parametrize(("cls", "kind"), [(_TupleOut, "tuple"), (_DictOut, "dict")])
+def test_a_model_not_returning_a_logits_tensor_is_refused_with_the_fix(cls: type[nn.Module], kind: str) -> None:
+    torch.manual_seed(1)
+    model = _mixed_modes(cls())
+    before = _snapshot(model)
+    with _forward_passes(model) as passes, pytest.raises(
+            ValueError, match=rf"output must be a logits tensor of shape \(N, num_classes\); got {kind}\. "
+                              r"Wrap the model so that it returns the class scores"):
+        Explainer(model, _img(16))
+    assert passes.n == 1  # the output's type shows only once the model has run; no backward
+    _assert_untouched(model, before)
+
+
+def _demo_copy(demo: tuple[nn.Module, Any]) -> nn.Module:
+    return copy.deepcopy(demo[0])
+
+
+def _demo_maps(model: nn.Module, preprocess: Any, image: Any = None) -> dict[str, np.ndarray]:
+    """The demo model's Grad-CAM of its predicted class at its last block (the default layer, one hooked
+    forward and a partial backward) and at an early one (a second, full backward pass)."""
+    exp = Explainer(model, _img(40) if image is None else image, preprocess=preprocess)
+    return {layer: np.asarray(exp.gradcam(layer=layer).map) for layer in ("layer4.1", "layer2.1")}
+
+
+@pytest.fixture(scope="module")
+def demo_ref(demo: tuple[nn.Module, Any]) -> dict[str, np.ndarray]:
+    """The maps of the float32, eval-mode, contiguous, uncompiled demo model (preprocessed 40x40 image)."""
+    return _demo_maps(*demo)
+
+
+def _assert_maps_close(got: dict[str, np.ndarray], ref: dict[str, np.ndarray], atol: float) -> None:
+    for layer, m in ref.items():
+        assert float(m.max()) == 1.0 and float(m.min()) == 0.0, f"{layer}: the reference map is degenerate"
+        assert got[layer].dtype == m.dtype and got[layer].shape == m.shape
+        np.testing.assert_allclose(got[layer], m, rtol=0, atol=atol, err_msg=layer)
+
+
+def test_a_model_in_train_mode_is_explained_in_eval_mode(
+        demo: tuple[nn.Module, Any], demo_ref: dict[str, np.ndarray]) -> None:
+    # Documented (Explainer "Model hygiene", _hooks.eval_mode): every pass runs in eval mode and each
+    # module's own flag comes back; so the map is the eval-mode model's, and BatchNorm's statistics stay.
+    _, preprocess = demo
+    trained = _mixed_modes(_demo_copy(demo))
+    before = _snapshot(trained)
+    _assert_maps_close(_demo_maps(trained, preprocess), demo_ref, atol=0.0)
+    assert trained.training
+    _assert_untouched(trained, before)
+
+
+def test_a_frozen_model_gives_the_same_map(demo: tuple[nn.Module, Any], demo_ref: dict[str, np.ndarray]) -> None:
+    _, preprocess = demo
+    frozen = _demo_copy(demo).requires_grad_(False)
+    before = _snapshot(frozen)
+    with torch.no_grad():  # and under no_grad, as a frozen model usually runs
+        got = _demo_maps(frozen, preprocess)
+    _assert_maps_close(got, demo_ref, atol=0.0)
+    assert not any(p.requires_grad for p in frozen.parameters())
+    _assert_untouched(frozen, before)
+
+
+# Half precision on CPU: the passes run in the model's dtype (eps 2**-10 for float16, 2**-7 for
+# bfloat16), the map comes back float32 in [0, 1] like any other. At the last block rounding
+# compounds over the ~10 layers to a few eps: the bound is 8 eps, 7.8e-3 and 6.3e-2 (measured
+# 1.8e-3 and 1.7e-2). The early layer's gradient goes back through the whole network, partly in
+# float16's subnormal range (7 % of its values here), and where rounding meets a near-cancellation
+# (the ReLU of a channel sum close to 0) a few pixels move by up to ~80 eps (measured over 6
+# images), so there the bound is on the mean: 4 eps (measured at most 3.1 eps). A wrong map
+# (another class, zeros, an overflow) differs by 0.1 to 1 on average.
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_a_half_precision_model_gives_the_float32_map_within_rounding(
+        demo: tuple[nn.Module, Any], demo_ref: dict[str, np.ndarray], dtype: torch.dtype) -> None:
+    _, preprocess = demo
+    half = _demo_copy(demo).to(dtype)
+    before = _snapshot(half)
+    got, eps = _demo_maps(half, preprocess), torch.finfo(dtype).eps
+    _assert_maps_close({"layer4.1": got["layer4.1"]}, {"layer4.1": demo_ref["layer4.1"]}, atol=8 * eps)
+    assert got["layer2.1"].dtype == np.float32 and float(got["layer2.1"].max()) == 1.0
+    assert float(np.abs(got["layer2.1"] - demo_ref["layer2.1"]).mean()) <= 4 * eps
+    assert all(p.dtype == dtype for p in half.parameters())
+    _assert_untouched(half, before)
+
+
+def test_a_channels_last_model_and_input_give_the_contiguous_map(
+        demo: tuple[nn.Module, Any], demo_ref: dict[str, np.ndarray]) -> None:
+    _, preprocess = demo
+    image = _img(40)[None].contiguous(memory_format=torch.channels_last)  # demo_ref's pixels, (1, 3, H, W)
+    assert not image.is_contiguous()
+    last = _demo_copy(demo).to(memory_format=torch.channels_last)
+    before = _snapshot(last)
+    # Channels-last convolutions sum in another order: float32 round-off only (measured 6e-7).
+    _assert_maps_close(_demo_maps(last, preprocess, image), demo_ref, atol=1e-5)
+    assert last.get_parameter("conv1.weight").is_contiguous(memory_format=torch.channels_last)
+    _assert_untouched(last, before)
+
+
+@pytest.mark.parametrize("backend", [
+    "aot_eager",
+    pytest.param("inductor", marks=pytest.mark.skip(
+        reason="inductor compiles C++ for minutes on a small CPU; it loses hook outputs from the autograd "
+               "path as aot_eager does (tests/core/test_compiled.py), which is the case checked")),
+])
+def test_a_compiled_model_gives_the_uncompiled_map(
+        demo: tuple[nn.Module, Any], demo_ref: dict[str, np.ndarray], backend: str) -> None:
+    _, preprocess = demo
+    original = _demo_copy(demo)
+    before = _snapshot(original)
+    torch._dynamo.reset()
+    try:
+        got = _demo_maps(cast(nn.Module, torch.compile(original, backend=backend)), preprocess)
+    finally:
+        torch._dynamo.reset()
+    _assert_maps_close(got, demo_ref, atol=1e-5)  # was: all-zero Grad-CAM maps
+    _assert_untouched(original, before)
 
 
 # ------------------------------------------------------------------------------------ 3. targets
