@@ -33,11 +33,42 @@ DEFAULT_METHODS: tuple[str, ...] = tuple(m.name for m in _registry.methods() if 
 #: Parameters every method that has them shares with the explorer's own controls (trait name).
 _SHARED_PARAMS = {"alpha": "alpha", "threshold": "threshold", "theta": "theta", "bias": "bias", "n": "n_perturbations"}
 _EXPLAINER_CACHE = 4
+#: Above this many channels at the default layer, a parameter whose default runs one forward pass
+#: per channel (Score-CAM as a region map) takes its registry's fast default, unless the user set it.
+FAST_ABOVE_CHANNELS = 512
+#: Steps of the live insertion / deletion curves (each step is one forward pass per curve), on a
+#: small model and on a large one (more than FAST_ABOVE_CHANNELS channels at the default layer).
+CURVE_STEPS, LARGE_MODEL_CURVE_STEPS = 50, 16
 #: Seconds close() waits for a running computation to stop (it stops at the core's next checkpoint).
 _CLOSE_TIMEOUT = 30.0
 _PANE_TITLES = {"icam_scores": "I-CAM layer scores", "icam_maps": "I-CAM per-layer maps",
                 "perturbations": "I-CAM perturbations", "fusion": "Fusion-CAM components",
                 "metrics": "Metrics", "curves": "Insertion / deletion"}
+
+
+def _default_layer_channels(model: torch.nn.Module) -> tuple[int | None, str | None]:
+    """Channels of the model's default layer (the last candidate): those of the last conv or norm
+    registered up to the end of that layer (the layer itself may be an activation after them).
+
+    No forward pass: a cost estimate for choosing fast defaults, (None, None) when unknown.
+    """
+    from ..core.layers import candidate_layers, unwrap_model
+
+    try:
+        name = candidate_layers(model)[-1]
+    except (ValueError, IndexError):
+        return None, None
+    channels, inside = None, False
+    for sub_name, sub in unwrap_model(model).named_modules():
+        within = sub_name == name or sub_name.startswith(name + ".")
+        if inside and not within:
+            break
+        inside = inside or within
+        if isinstance(sub, torch.nn.modules.conv._ConvNd):
+            channels = int(sub.out_channels)
+        elif isinstance(sub, torch.nn.modules.batchnorm._NormBase):
+            channels = int(sub.num_features)
+    return channels, name
 
 
 class CAMExplorer(widgets.VBox):
@@ -61,14 +92,24 @@ class CAMExplorer(widgets.VBox):
     class_names : sequence of str, optional
         Names of the model's classes (for the target dropdown).
     metrics : bool, default True
-        Compute AD, IC and ADCC after every update, on a second worker once the maps are
-        drawn (the next slider move does not wait for them; stale metrics are dropped).
+        Compute AD and IC, the curves, then ADCC after every update, on a second worker once
+        the maps are drawn (the next slider move does not wait for them; stale metrics are
+        dropped). ADCC comes last: it re-runs each method on the masked image.
     curves : bool, default True
-        Then compute insertion / deletion AUC and curves (``curve_steps`` steps).
+        Compute insertion / deletion AUC and curves with ``curve_steps`` steps.
+    curve_steps : int, optional
+        Steps of the live curves (one forward pass each per curve and method): by default
+        :data:`CURVE_STEPS` (50), or :data:`LARGE_MODEL_CURVE_STEPS` (16) on a large model, few
+        enough for seconds on a CPU. The 224-step evaluation setting is
+        :func:`camwidgets.evaluate`'s ``steps``.
     method_params : {method: {parameter: value}}, optional
-        Values of the methods' own parameters (e.g. ``{"fusioncam": {"region": "reciprocam"}}``);
+        Values of the methods' own parameters (e.g. ``{"fusioncam": {"region": "scorecam"}}``);
         each shown method gets a control for every parameter its registry entry marks as a
-        control. α, T, θ, the bias and n are the explorer's shared sliders instead: every method
+        control. On a model whose default layer has more than :data:`FAST_ABOVE_CHANNELS`
+        channels, a parameter not given here whose registry entry has a fast default takes it
+        (Fusion-CAM's and UnionCAM's region map: Recipro-CAM instead of Score-CAM, which runs
+        one forward pass per channel); a note under the controls says so (:attr:`auto_params`).
+        α, T, θ, the bias and n are the explorer's shared sliders instead: every method
         with a parameter of that name (``alpha``, ``threshold``, ``theta``, ``bias``, ``n``) uses them.
     background : bool, default True
         Compute on a worker thread (one computation at a time, the latest value wins).
@@ -88,7 +129,8 @@ class CAMExplorer(widgets.VBox):
     results : dict str -> result
         The core's result object for each shown method.
     timings : dict
-        Seconds the last update took: ``"maps"``, ``"metrics"``, ``"curves"``.
+        Seconds the last update took: ``"maps"``, ``"metrics"`` (AD and IC), ``"curves"``,
+        ``"adcc"``.
 
     :meth:`close` closes every widget of the explorer, stops its workers and releases its
     explainers; a closed explorer computes nothing more.
@@ -108,7 +150,7 @@ class CAMExplorer(widgets.VBox):
     def __init__(self, model: torch.nn.Module | None = None, image: Any = None, target: int | None = None,
                  methods: Sequence[str] | None = None, *, preprocess: PreprocessLike = None,
                  class_names: Sequence[str] | None = None, metrics: bool = True, curves: bool = True,
-                 curve_steps: int = 50, background: bool = True, alpha: float = 0.4,
+                 curve_steps: int | None = None, background: bool = True, alpha: float = 0.4,
                  threshold: float = 0.95, theta: float = 10.0, bias: str = "channel",
                  n_perturbations: int = 8, method_params: Mapping[str, Mapping[str, Any]] | None = None) -> None:
         # First: close() (also run by ipywidgets' __del__) must work on an explorer whose construction failed.
@@ -137,7 +179,21 @@ class CAMExplorer(widgets.VBox):
                                  f"them as CAMExplorer({', '.join(f'{_SHARED_PARAMS[k]}=...' for k in shared)}).")
             spec.resolve(values)  # unknown names or values out of range: a ValueError now
             self.method_params[name] = dict(values)
+        #: {(method, parameter): value} the explorer chose instead of the registry default (large model).
+        self.auto_params: dict[tuple[str, str], Any] = {}
+        self._channels, self._auto_layer = _default_layer_channels(model)
+        if self._channels is not None and self._channels > FAST_ABOVE_CHANNELS:
+            for spec in _registry.methods():
+                for prm in spec.params:
+                    if prm.fast_default is not None and prm.name not in self.method_params.get(spec.name, {}):
+                        self.method_params.setdefault(spec.name, {})[prm.name] = prm.fast_default
+                        self.auto_params[(spec.name, prm.name)] = prm.fast_default
         self.class_names = list(class_names) if class_names is not None else None
+        large = self._channels is not None and self._channels > FAST_ABOVE_CHANNELS
+        if curve_steps is None:
+            curve_steps = LARGE_MODEL_CURVE_STEPS if large else CURVE_STEPS
+        if int(curve_steps) < 1:
+            raise ValueError(f"curve_steps must be a positive integer, got {curve_steps!r}.")
         self.compute_metrics, self.compute_curves, self.curve_steps = metrics, curves, int(curve_steps)
         self.figures: dict[str, Any] = {}
         self.results: dict[str, Any] = {}
@@ -283,6 +339,7 @@ class CAMExplorer(widgets.VBox):
         # Each shown method's own parameters (from the method registry), e.g. Fusion-CAM's region map.
         self.param_controls: dict[str, dict[str, widgets.Widget]] = {}
         self.options_box = widgets.HBox(layout=widgets.Layout(flex_flow="row wrap"))
+        self.options_note = widgets.HTML(value="")
         self._refresh_visible()
         self.icam_box = widgets.VBox([widgets.HTML("<b>I-CAM: layers and perturbations</b>"), self.layer_panel])
         self.fusion_box = widgets.VBox([widgets.HTML("<b>Fusion-CAM: components</b>"), self.fusion_panel])
@@ -293,6 +350,7 @@ class CAMExplorer(widgets.VBox):
             widgets.HBox([self.sliders["alpha"], self.sliders["threshold"], self.sliders["theta"]]),
             widgets.HBox([widgets.Label("bias (I-CAM)"), self.bias_picker, self.n_slider]),
             self.options_box,
+            self.options_note,
             widgets.HBox([self.sliders["opacity"], self.colorscale_picker]),
             widgets.HBox([self.export_folder, *self.export_buttons.values()]),
             widgets.HBox([self.progress, self.status]),
@@ -339,6 +397,7 @@ class CAMExplorer(widgets.VBox):
             if not self._ready:
                 return
             self.method_params.setdefault(m, {})[p] = change["new"]
+            self.options_note.value = self._auto_note()
             self._request()
 
         w.observe(changed, "value")
@@ -352,8 +411,26 @@ class CAMExplorer(widgets.VBox):
                 if p.control and p.kind != "layer" and p.name not in _SHARED_PARAMS}
         return list(self.param_controls[method].values())
 
+    def _auto_note(self) -> str:
+        """Why a shown method does not run with its registry default (a large model), in words."""
+        shown = [(m, p, v) for (m, p), v in self.auto_params.items()
+                 if m in self.methods and self.method_params.get(m, {}).get(p) == v]
+        if not shown:
+            return ""
+        parts = []
+        for m, p, v in shown:
+            default = _registry.get(m).param(p).default
+            what = f"{METHOD_LABELS[m]}'s {p} map" if p == "region" else f"{METHOD_LABELS[m]}'s {p}"
+            parts.append(f"{html.escape(what)}: <b>{html.escape(METHOD_LABELS.get(v, str(v)))}</b> instead of "
+                         f"{html.escape(METHOD_LABELS.get(default, str(default)))}")
+        return (f"<small>On this model ({self._channels} channels at {html.escape(str(self._auto_layer))}) "
+                + "; ".join(parts) + f": the default would run {self._channels} forward passes per map. "
+                "Pick it in the menu above to use it anyway.</small>")
+
     def _refresh_visible(self) -> None:
         self.maps_box.children = [self._pane(m) for m in METHOD_LABELS if m in self.methods]
+        if hasattr(self, "options_note"):
+            self.options_note.value = self._auto_note()
         if hasattr(self, "options_box"):
             self.options_box.children = [w for m in METHOD_LABELS if m in self.methods for w in self._options_for(m)]
         if hasattr(self, "icam_box"):
@@ -706,7 +783,7 @@ class CAMExplorer(widgets.VBox):
         return generation != self._generation
 
     def _metrics(self, exp: Explainer, results: dict[str, Any], generation: int, label: str) -> None:
-        """AD, IC and ADCC, then insertion / deletion, for the maps of one update.
+        """AD and IC, then insertion / deletion, then ADCC, for the maps of one update.
 
         Runs on its own worker, so the maps of the next slider move never wait for it; once a
         newer update exists it publishes nothing and stops within one batch of model passes
@@ -722,35 +799,48 @@ class CAMExplorer(widgets.VBox):
             pass
 
     def _measure(self, exp: Explainer, results: dict[str, Any], generation: int, label: str) -> None:
+        """AD and IC (one masked pass per map), then the curves (``curve_steps`` steps), then ADCC.
+
+        ADCC runs last: its coherency re-runs each method on the masked image, as costly as the
+        method itself (a region map: one pass per channel or position). The status line says
+        which method it re-runs; a newer update stops it at the core's next checkpoint.
+        """
         t0 = time.perf_counter()
         model, pre, img, tgt = self.model, self.preprocess, exp.image, exp.target
         columns = ("AD ↓", "IC ↑", "ADCC ↑", "insertion ↑", "deletion ↓")
         caches = {m: self._metrics_cache.setdefault(r, {}) for m, r in results.items()}
         rows = {m: {k: caches[m].get(k) for k in columns} for m in results}
         self.metrics_panel.update_rows(rows)
+
+        def publish() -> bool:
+            if self._stale(generation):
+                return False
+            self.metric_values = {m: dict(v) for m, v in rows.items()}
+            self.metrics_panel.update_rows(rows)
+            return True
+
         for m, r in results.items():
             cached = caches[m]
             if "AD ↓" not in cached:
                 if self._stale(generation):
                     return
-                cc = M.confidence_change(model, img, r, target=tgt, preprocess=pre)
-                adcc = M.adcc(model, img, r, target=tgt, preprocess=pre)
-                # cached together, after both: a measurement stopped part-way leaves nothing behind
-                cached.update({"AD ↓": float(cc.average_drop), "IC ↑": float(cc.increase_in_confidence),
-                               "ADCC ↑": float(adcc.adcc)})
-                rows[m].update({k: cached[k] for k in ("AD ↓", "IC ↑", "ADCC ↑")})
-                if not self._stale(generation):
-                    self.metrics_panel.update_rows(rows)
-        self.metric_values = rows
+                cc = M.confidence_change(model, img, r, target=tgt, preprocess=pre, logits=exp.logits_tensor[None])
+                cached.update({"AD ↓": float(cc.average_drop), "IC ↑": float(cc.increase_in_confidence)})
+            rows[m].update({k: cached[k] for k in ("AD ↓", "IC ↑")})
+        if not publish():
+            return
         self.timings["metrics"] = time.perf_counter() - t0
         if self.compute_curves:
             t1 = time.perf_counter()
             curves: dict[str, dict[str, Any]] = {}
-            for m, r in results.items():
+            for i, (m, r) in enumerate(results.items()):
                 cached = caches[m]
                 if "curves" not in cached:
                     if self._stale(generation):
                         return
+                    self._set_status(f"{label}: maps in {self.timings['maps'] * 1000:.0f} ms; insertion / "
+                                     f"deletion of {html.escape(METHOD_LABELS[m])} ({self.curve_steps} steps)…",
+                                     0.8 + 0.1 * i / max(1, len(results)))
                     ins = M.insertion(model, img, r, target=tgt, preprocess=pre, steps=self.curve_steps)
                     dele = M.deletion(model, img, r, target=tgt, preprocess=pre, steps=self.curve_steps)
                     cached["insertion ↑"], cached["deletion ↓"] = float(ins.auc), float(dele.auc)
@@ -758,15 +848,27 @@ class CAMExplorer(widgets.VBox):
                                         "deletion": (dele.fractions, dele.curve)}
                 rows[m]["insertion ↑"], rows[m]["deletion ↓"] = cached["insertion ↑"], cached["deletion ↓"]
                 curves[m] = cached["curves"]
-            if self._stale(generation):
+            if not publish():
                 return
-            self.metric_values = rows
-            self.metrics_panel.update_rows(rows)
             self.metrics_panel.update_curves(curves)
             self.timings["curves"] = time.perf_counter() - t1
+        t2 = time.perf_counter()
+        for i, (m, r) in enumerate(results.items()):
+            cached = caches[m]
+            if "ADCC ↑" not in cached:
+                if self._stale(generation):
+                    return
+                self._set_status(f"{label}: ADCC re-runs {html.escape(METHOD_LABELS[m])} on the masked image "
+                                 f"({i + 1}/{len(results)})…", 0.9 + 0.1 * i / max(1, len(results)))
+                cached["ADCC ↑"] = float(M.adcc(model, img, r, target=tgt, preprocess=pre).adcc)
+            rows[m]["ADCC ↑"] = cached["ADCC ↑"]
+            if not publish():
+                return
+        self.timings["adcc"] = time.perf_counter() - t2
         if not self._stale(generation):
-            self._set_status(f"{label}: maps in {self.timings['maps'] * 1000:.0f} ms, metrics in "
-                             f"{self.timings['metrics'] * 1000:.0f} ms"
-                             + (f", curves in {self.timings['curves'] * 1000:.0f} ms" if "curves" in self.timings
-                                else ""), 1.0)
-
+            parts = [f"maps in {self.timings['maps'] * 1000:.0f} ms",
+                     f"AD / IC in {self.timings['metrics'] * 1000:.0f} ms"]
+            if "curves" in self.timings:
+                parts.append(f"curves in {self.timings['curves'] * 1000:.0f} ms")
+            parts.append(f"ADCC in {self.timings['adcc'] * 1000:.0f} ms")
+            self._set_status(f"{label}: " + ", ".join(parts), 1.0)

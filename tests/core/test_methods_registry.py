@@ -25,8 +25,9 @@ def test_public_listing_has_every_entry_with_its_fields() -> None:
         assert all(isinstance(p, registry.Param) for p in m.params)
         compute_params = [p for p in inspect.signature(m.compute).parameters if p != "exp"]
         assert sorted(compute_params) == sorted(m.param_names)
-        for p in m.params:  # every default is valid for its own parameter
+        for p in m.params:  # every default is valid for its own parameter, and so is a fast default
             assert p.kind == "layer" or p.validate(p.default, m.name) == p.default
+            assert p.fast_default is None or p.validate(p.fast_default, m.name) == p.fast_default
 
 
 def test_family_filter_and_unknown_names() -> None:

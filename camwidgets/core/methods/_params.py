@@ -23,12 +23,15 @@ def baseline(default: str) -> Param:
                  help="Contribution baseline: a black image in pixel space, or zeros in model-input space.")
 
 
-def family_choice(name: str, family: str, default: str) -> Param:
-    """A parameter naming any method of ``family`` (the choices grow as methods are registered)."""
+def family_choice(name: str, family: str, default: str, fast: str | None = None) -> Param:
+    """A parameter naming any method of ``family`` (the choices grow as methods are registered).
+
+    ``fast`` is the member to use on a large model instead of ``default`` (:attr:`Param.fast_default`).
+    """
     def choices() -> tuple[str, ...]:
         from . import names
 
         return names(family)
 
     return Param(name, "choice", default, choices=choices,
-                 help=f"The {family} map: any method of the {family} family.")
+                 help=f"The {family} map: any method of the {family} family.", fast_default=fast)

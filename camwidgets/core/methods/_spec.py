@@ -51,6 +51,10 @@ class Param:
         change the map, such as a batch size).
     exclusive_low : bool
         The range excludes ``low`` (e.g. ``sigma > 0``).
+    fast_default : Any
+        A cheaper value to use instead of ``default`` where the default's cost grows with the
+        layer's channel count (Score-CAM runs one forward pass per channel): the explorer's
+        choice on a large model, unless the user set the parameter. None: no such value.
     """
 
     name: str
@@ -63,6 +67,7 @@ class Param:
     help: str = ""
     control: bool = True
     exclusive_low: bool = False
+    fast_default: Any = None
 
     def allowed(self) -> tuple[Any, ...]:
         """The allowed values of a ``"choice"`` parameter (empty for other kinds)."""

@@ -62,7 +62,7 @@ def fusioncam(exp: Explainer, *, theta: float, gradient: str, region: str, layer
 #: This module's registry entries (gathered by :mod:`camwidgets.core.methods`).
 ENTRIES: tuple[Method, ...] = (
     Method(        name="unioncam", label="UnionCAM", family="fusion",
-        params=(THETA, LAYER, baseline("black"), family_choice("region", "region", "scorecam")),
+        params=(THETA, LAYER, baseline("black"), family_choice("region", "region", "scorecam", fast="reciprocam")),
         compute=unioncam,
         summary="denoised gradient map united with a region map by their contributions, then the better kept.",
         formula="L_D = sum_k α_k ReLU(W_k) A_k (W = g below its θ-th percentile zeroed);  "
@@ -81,7 +81,7 @@ ENTRIES: tuple[Method, ...] = (
     Method(        name="fusioncam", label="Fusion-CAM", family="fusion",
         params=(THETA,
                 family_choice("gradient", "gradient", "gradcam"),
-                family_choice("region", "region", "scorecam"), LAYER, baseline("zeros")),
+                family_choice("region", "region", "scorecam", fast="reciprocam"), LAYER, baseline("zeros")),
         compute=fusioncam,
         summary="denoised gradient map and region map, weighted by their contributions, fused pixel by pixel "
                 "by their similarity.",
