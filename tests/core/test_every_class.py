@@ -144,3 +144,23 @@ def test_unioncam_of_a_non_predicted_class_agrees_with_its_region_map(explained:
         assert _corr(r.map, r.region_map) > 0, (i, c, r.choice, r.beta_gradient, r.beta_region)
         checked += 1
     assert checked >= 10
+
+
+#: The other registered methods, bar the sampling ones (minutes per class on a CPU): every class too.
+OTHERS = tuple(m.name for m in camwidgets.methods()
+               if m.name not in (*SINGLE_LAYER, "unioncam", "fusioncam", "icam")
+               and m.family != "perturbation" and not any(p.name in ("samples", "steps") for p in m.params))
+
+
+def test_the_other_methods_give_no_zero_map_unless_their_raw_map_is_constant(explained: dict[str, Any]) -> None:
+    assert {"cam", "hirescam", "eigencam", "eigengradcam", "reciprocam", "groupcam"} <= set(OTHERS)
+    bad: list[tuple[int, str]] = []
+    img = explained["images"][0]
+    for c in range(len(explained["classes"])):
+        exp = camwidgets.Explainer(explained["model"], img, target=c, preprocess=explained["pre"])
+        for name in OTHERS:
+            r = exp.explain(name)
+            raw = np.asarray(r.raw, dtype=np.float64)
+            if _is_zero(r.map) and not np.all(raw == raw.flat[0]):
+                bad.append((c, name))
+    assert not bad, f"all-zero maps with a non-constant raw map (class, method): {bad}"
