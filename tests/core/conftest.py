@@ -3,12 +3,25 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
 
 from camwidgets.models.demo import DemoNet
+
+
+def masked_items(n: int = 4, size: int = 8, seed: int = 0) -> list[dict[str, Any]]:
+    """``n`` random images with a label (``i % 3``) and a 4x4 object mask each: a tiny dataset for evaluate."""
+    g = torch.Generator().manual_seed(seed)
+    items = []
+    for i in range(n):
+        mask = np.zeros((size, size), dtype=bool)
+        mask[i % 3:i % 3 + 4, 2:6] = True
+        items.append({"image": torch.rand(3, size, size, generator=g), "label": i % 3, "mask": mask})
+    return items
 
 
 class ForwardCounter:

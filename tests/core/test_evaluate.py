@@ -19,6 +19,8 @@ from camwidgets.core.explainer import Explainer
 from camwidgets.core.image import load_image
 from camwidgets.core.preprocess import Preprocess
 
+from .conftest import masked_items
+
 
 def small_cnn(seed: int = 0) -> nn.Module:
     torch.manual_seed(seed)
@@ -68,13 +70,7 @@ def factory(log: list[tuple[str, int]], fail_after: int | None = None) -> Any:
 
 
 def dataset(n: int = 4, size: int = 8, seed: int = 0) -> list[dict[str, Any]]:
-    g = torch.Generator().manual_seed(seed)
-    items = []
-    for i in range(n):
-        mask = np.zeros((size, size), dtype=bool)
-        mask[i % 3:i % 3 + 4, 2:6] = True
-        items.append({"image": torch.rand(3, size, size, generator=g), "label": i % 3, "mask": mask})
-    return items
+    return masked_items(n, size, seed)
 
 
 METHODS = ("bright", "dark")

@@ -28,6 +28,8 @@ from camwidgets.core.evaluate import _model_fingerprint, _process_start, evaluat
 from camwidgets.core.image import load_image
 from camwidgets.core.preprocess import Preprocess
 
+from .conftest import masked_items
+
 
 def small_cnn(seed: int = 0) -> nn.Module:
     torch.manual_seed(seed)
@@ -58,13 +60,7 @@ class Fake:
 
 
 def make_dataset(n: int = 4, seed: int = 0, size: int = 8) -> list[dict[str, Any]]:
-    g = torch.Generator().manual_seed(seed)
-    items = []
-    for i in range(n):
-        mask = np.zeros((size, size), dtype=bool)
-        mask[i % 3:i % 3 + 4, 2:6] = True
-        items.append({"image": torch.rand(3, size, size, generator=g), "label": i % 3, "mask": mask})
-    return items
+    return masked_items(n, size, seed)
 
 
 METHODS = ("bright", "dark")
