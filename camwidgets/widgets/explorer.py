@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import html
 import json
 import time
@@ -775,6 +776,28 @@ class CAMExplorer(widgets.VBox):
                          + (", metrics…" if self.compute_metrics else ""), 0.75 if self.compute_metrics else 1.0)
         if self.compute_metrics:
             self._metrics_runner.submit(lambda: self._metrics(exp, results, gen, label))
+        # Next on this worker, unless a newer move comes first: a reloaded page shows these maps.
+        self._runner.submit(lambda: self._sync_state(self._map_figures()))
+
+    def _map_figures(self) -> list[Any]:
+        return [p.figure for p in list(self.panes.values())] + [
+            self.layer_panel.scores, self.layer_panel.maps, self.layer_panel.perturbations, self.fusion_panel.figure]
+
+    def _sync_state(self, figures: Sequence[Any]) -> None:
+        """Make each FigureWidget's synced state (what a new view of it is built from) its current figure.
+
+        Updates reach open views as deltas, while ``_widget_data`` / ``_widget_layout`` keep the
+        figure as first displayed: a reloaded page or a second tab would draw the first maps
+        (empty panes). Plotly refreshes that state only when a figure itself is displayed, which a
+        figure inside a box never is, so the explorer refreshes it after each update, as the next
+        job of the same worker (a newer move replaces it). Open views ignore the change.
+        """
+        if self._closed:
+            return
+        for fig in figures:
+            if hasattr(fig, "_widget_data"):
+                fig._widget_layout = copy.deepcopy(fig._layout_obj._props)
+                fig._widget_data = copy.deepcopy(fig._data)
 
     def _stale(self, generation: int) -> bool:
         """A newer map request exists (its update waits or runs): metrics for ``generation`` are no
@@ -872,3 +895,4 @@ class CAMExplorer(widgets.VBox):
                 parts.append(f"curves in {self.timings['curves'] * 1000:.0f} ms")
             parts.append(f"ADCC in {self.timings['adcc'] * 1000:.0f} ms")
             self._set_status(f"{label}: " + ", ".join(parts), 1.0)
+            self._metrics_runner.submit(lambda: self._sync_state([self.metrics_panel.table, self.metrics_panel.curves]))
