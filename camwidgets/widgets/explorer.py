@@ -738,6 +738,10 @@ class CAMExplorer(widgets.VBox):
             with cancel_when(lambda: self._closed):
                 if not self._closed:
                     self._update()
+                # Then, unless a newer move waits (never submitted as a job: it would replace that move's):
+                # a reloaded page shows these maps.
+                if not self._closed and not self._runner.superseded():
+                    self._sync_state(self._map_figures())
         except Cancelled:
             pass
         finally:
@@ -776,8 +780,6 @@ class CAMExplorer(widgets.VBox):
                          + (", metrics…" if self.compute_metrics else ""), 0.75 if self.compute_metrics else 1.0)
         if self.compute_metrics:
             self._metrics_runner.submit(lambda: self._metrics(exp, results, gen, label))
-        # Next on this worker, unless a newer move comes first: a reloaded page shows these maps.
-        self._runner.submit(lambda: self._sync_state(self._map_figures()))
 
     def _map_figures(self) -> list[Any]:
         return [p.figure for p in list(self.panes.values())] + [
@@ -789,8 +791,8 @@ class CAMExplorer(widgets.VBox):
         Updates reach open views as deltas, while ``_widget_data`` / ``_widget_layout`` keep the
         figure as first displayed: a reloaded page or a second tab would draw the first maps
         (empty panes). Plotly refreshes that state only when a figure itself is displayed, which a
-        figure inside a box never is, so the explorer refreshes it after each update, as the next
-        job of the same worker (a newer move replaces it). Open views ignore the change.
+        figure inside a box never is, so the explorer refreshes it at the end of each update on the
+        same worker, unless a newer move already waits. Open views ignore the change.
         """
         if self._closed:
             return
@@ -895,4 +897,4 @@ class CAMExplorer(widgets.VBox):
                 parts.append(f"curves in {self.timings['curves'] * 1000:.0f} ms")
             parts.append(f"ADCC in {self.timings['adcc'] * 1000:.0f} ms")
             self._set_status(f"{label}: " + ", ".join(parts), 1.0)
-            self._metrics_runner.submit(lambda: self._sync_state([self.metrics_panel.table, self.metrics_panel.curves]))
+            self._sync_state([self.metrics_panel.table, self.metrics_panel.curves])

@@ -29,7 +29,7 @@ MAP_PANES = ("Grad-CAM", "LayerCAM", "I-CAM", "Fusion-CAM")
 FIRST_RENDER_TIMEOUT = 240  # s: kernel start, torch import, the demo model, 10 FigureWidgets (~30 s here)
 UPDATE_TIMEOUT = 90  # s: one slider move or upload, metrics and curves included (~2-5 s here)
 # The status line once the maps, metrics and curves of the last request are shown.
-STATUS_DONE = re.compile(r"^(?P<label>.+): maps in \d+ ms, metrics in \d+ ms, curves in \d+ ms$")
+STATUS_DONE = re.compile(r"^(?P<label>.+): maps in \d+ ms, AD / IC in \d+ ms, curves in \d+ ms, ADCC in \d+ ms$")
 
 # Everything the test compares, read from the rendered page in one call.
 SNAPSHOT_JS = """(root) => {
