@@ -183,14 +183,14 @@ class CAMExplorer(widgets.VBox):
         #: {(method, parameter): value} the explorer chose instead of the registry default (large model).
         self.auto_params: dict[tuple[str, str], Any] = {}
         self._channels, self._auto_layer = _default_layer_channels(model)
-        if self._channels is not None and self._channels > FAST_ABOVE_CHANNELS:
+        large = self._channels is not None and self._channels > FAST_ABOVE_CHANNELS
+        if large:
             for spec in _registry.methods():
                 for prm in spec.params:
                     if prm.fast_default is not None and prm.name not in self.method_params.get(spec.name, {}):
                         self.method_params.setdefault(spec.name, {})[prm.name] = prm.fast_default
                         self.auto_params[(spec.name, prm.name)] = prm.fast_default
         self.class_names = list(class_names) if class_names is not None else None
-        large = self._channels is not None and self._channels > FAST_ABOVE_CHANNELS
         if curve_steps is None:
             curve_steps = LARGE_MODEL_CURVE_STEPS if large else CURVE_STEPS
         if int(curve_steps) < 1:
