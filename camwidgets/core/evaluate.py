@@ -1185,13 +1185,10 @@ class _Task:
         hw = (int(geo.shape[-2]), int(geo.shape[-1]))
         scorer = M._Scorer(model, self.norm_only, self.batch_size)
         explainer, seconds = None, 0.0
+        # the class asked for: a fixed one, the item's label, or None (the predicted class)
+        asked: int | None = self.target if isinstance(self.target, int) else (
+            item.label if self.target == "label" else None)
         if self.factory is Explainer:
-            if isinstance(self.target, int):
-                asked: int | None = self.target
-            elif self.target == "label" and item.label is not None:
-                asked = item.label
-            else:
-                asked = None
             t0 = time.perf_counter()
             try:
                 # the resized image with normalisation only: the geometry is not applied twice
@@ -1206,15 +1203,9 @@ class _Task:
         else:
             with M._eval_mode(model), torch.inference_mode():
                 logits = scorer.logits(geo[None])
-            if isinstance(self.target, int):
-                tgt = self.target
-                if tgt >= logits.shape[1]:
-                    self._range_error(scorer, geo, tgt)
-            elif self.target == "label" and item.label is not None:
-                tgt = item.label
-            else:
-                tgt = int(logits.argmax(dim=1)[0])
-            tgt = int(M._resolve_targets(tgt, logits)[0])  # range check with a clear message
+            if isinstance(self.target, int) and self.target >= logits.shape[1]:
+                self._range_error(scorer, geo, self.target)
+            tgt = int(M._resolve_targets(asked, logits)[0])  # None: the argmax; else a range check
         predicted = int(logits.argmax(dim=1)[0])
         prob = float(torch.softmax(logits, dim=1)[0, tgt])
         needs_truth = any(_metric_registry.get_metric(m).needs_ground_truth for m in self.metric_list)
