@@ -21,7 +21,8 @@ redo what they must (counted in model forward passes):
 ================================  ==============================================================
 change                            model work
 ================================  ==============================================================
-same parameters again             none: the cached result object itself is returned
+same parameters again             none: the cached result object itself is returned (while it
+                                  is among the method's last results kept, see below)
 I-CAM ``threshold``, ``bias``     none (selection and per-layer maps reuse the captured passes)
 I-CAM ``sigma``                   none (SVIM only)
 I-CAM ``alpha``, ``n``, ``seed``  one batched forward + backward of the ``n`` perturbations
@@ -34,6 +35,48 @@ Score-CAM ``batch_size``          none (the scores are cached per layer and vari
 
 The first UnionCAM / Fusion-CAM call runs the region method's passes, one forward of
 ``[baseline, L_g, L_r]`` and one of ``L_gr``.
+
+The cache is bounded: an LRU per stage kind (a key's first element; results per method),
+sized by :data:`STAGE_LIMITS`. A hit moves the entry to the most recent end; inserting
+past the limit drops the least recently used entry of that kind, which is recomputed,
+equal, if asked again (a dropped result comes back as a new object with the same values).
+The captured passes (the construction's activations and gradients, the all-layer gradient
+capture and the input gradient) are not cache entries and are never dropped, so a
+recomputed stage re-runs only its own passes. Weights below are for a 224x224 input, the
+demo architecture (8 candidate layers) and I-CAM's default ``n = 8`` (``H W`` float32 is
+0.2 MB):
+
+=============================================  =====  ============================================================
+stage kind                                     kept   one entry weighs
+=============================================  =====  ============================================================
+a method's results (each method its own LRU)    32    ~0.2 MB: ``map`` (``raw`` is at feature resolution; the
+                                                      numpy arrays are views of the tensors); Fusion-CAM,
+                                                      UnionCAM ~0.8 MB (``L_g``, ``L_gr``, the similarity; ``L_r``
+                                                      is the region result's); LIME, KernelSHAP ~0.4 MB
+I-CAM's results (``result:icam``)                4    ~0.4 MB (``map``, ``raw`` at ``H W``), and its ``n``
+                                                      perturbed images (4.8 MB, ``n · 3 H W`` float32): shared
+                                                      with its perturbation stage, they weigh only once that
+                                                      stage is dropped
+``icam-perturb`` (per α, n, seed)                4    ~18 MB: ``φ`` ``(L, n, H, W)`` (12.8 MB) + the ``n``
+                                                      perturbed images (4.8 MB); grows with ``n`` (at ``n = 64``
+                                                      ~140 MB)
+``icam-scores`` (per α, n, seed, σ)             16    < 1 KB (``n`` + ``L`` numbers; the saliency is shared)
+``icam-layer`` (per layer, bias)                32    0.2 MB (one ``H W`` map; at most 3 per candidate layer)
+``icam-saliency``                                1    0.2 MB
+``smoothgradcampp-passes``                       8    ~1 MB (the noisy passes' per-channel sums)
+``superpixels``                                  8    0.4 MB (``H W`` int64 labels)
+``lime-scores``, ``kernelshap-scores``           8    < 0.1 MB (the samples and their scores)
+``groupcam-blur``                                1    0.6 MB (the blurred image ``3 H W``)
+``baseline``, ``beta-region``                   32    a float (``Y_c`` of a baseline, a region map's ``β``)
+any other kind (per-layer weights, scores,      16    < 0.1 MB (``K`` channel numbers or an ``h w`` feature map)
+projections, heads)
+=============================================  =====  ============================================================
+
+Sliding α, T and θ in the explorer (I-CAM and Fusion-CAM) therefore holds at most about
+125 MB of stages and results at 224 px (40 MB at the demo model's 128 px), however long
+the session; ``benchmarks/bench_explorer_memory.py`` measures the process's RSS over 200
+moves.
+:meth:`Explainer.cache_info` reports the entries per kind.
 
 Batches
 -------
@@ -55,7 +98,10 @@ its tensors immediately.
 from __future__ import annotations
 
 import numbers
+import threading
+from collections import OrderedDict
 from collections.abc import Callable, Hashable, Mapping, Sequence
+from types import MappingProxyType
 from typing import Any, cast
 
 import numpy as np
@@ -70,7 +116,47 @@ from .layers import LayerSpec, candidate_layers, default_layer, resolve_layer, r
 from .preprocess import PreprocessLike, as_preprocess
 from .results import CAMResult, freeze_array
 
-__all__ = ["Explainer", "explain_batch"]
+__all__ = ["DEFAULT_STAGE_LIMIT", "STAGE_LIMITS", "Explainer", "explain_batch", "stage_kind", "stage_limit"]
+
+#: Entries the explainer's cache keeps per stage kind (see "Pipeline and cache" in the module
+#: docstring for what each weighs). ``"result"`` is the limit of each method's results (every
+#: method its own LRU); ``"result:<method>"`` overrides it for one method.
+STAGE_LIMITS: Mapping[str, int] = MappingProxyType({
+    "result": 32,
+    "result:icam": 4,
+    "icam-perturb": 4,
+    "icam-scores": 16,
+    "icam-layer": 32,
+    "icam-saliency": 1,
+    "smoothgradcampp-passes": 8,
+    "superpixels": 8,
+    "lime-scores": 8,
+    "kernelshap-scores": 8,
+    "groupcam-blur": 1,
+    "baseline": 32,
+    "beta-region": 32,
+})
+
+#: Entries kept of a stage kind :data:`STAGE_LIMITS` does not name.
+DEFAULT_STAGE_LIMIT = 16
+
+
+def stage_kind(key: Hashable) -> str:
+    """The LRU a cache key belongs to: its first element, ``"result:<method>"`` for a result."""
+    if isinstance(key, tuple) and key:
+        if key[0] == "result" and len(key) > 1:
+            return f"result:{key[1]}"
+        return str(key[0])
+    return "other"
+
+
+def stage_limit(kind: str) -> int:
+    """Entries kept of ``kind`` (:data:`STAGE_LIMITS`, else :data:`DEFAULT_STAGE_LIMIT`)."""
+    if kind in STAGE_LIMITS:
+        return STAGE_LIMITS[kind]
+    if kind.startswith("result:"):
+        return STAGE_LIMITS["result"]
+    return DEFAULT_STAGE_LIMIT
 
 
 def _is_batch(image: object) -> int:
@@ -245,7 +331,11 @@ class Explainer:
         self._acts: dict[str, torch.Tensor] = {n: cap.activations[n][0] for n in kept}
         self._grads: dict[str, torch.Tensor] = {n: g[0] for n, g in cap.gradients.items()}
         self._input_grad: torch.Tensor | None = None
-        self._cache: dict[Hashable, Any] = {}
+        # The staged cache: one LRU per stage kind (stage_kind), bounded by stage_limit or a stage's keep=.
+        self._cache: dict[str, OrderedDict[Hashable, Any]] = {}
+        self._limits: dict[str, int] = {}
+        self._cache_lock = threading.Lock()  # the bookkeeping only (the map and metrics workers share an explainer)
+        self._not_4d: dict[str, str] = {}  # layers found not to give a 4-D output, and what they gave
 
     # ------------------------------------------------------------------ basics
     @staticmethod
@@ -355,7 +445,7 @@ class Explainer:
             return self.default_layer
         name = resolve_layer(self._model, layer, self._candidates)
         if name not in self._acts:
-            bad: dict[str, str] = self._cache.setdefault(("not-4d",), {})
+            bad = self._not_4d
             a = None
             if name not in bad:  # a layer found not 4-D is not run again to find out
                 cap = capture(self._model, self._x, [name], self._target)
@@ -389,19 +479,60 @@ class Explainer:
 
         Method implementations (:mod:`camwidgets.core.methods`) keep every intermediate here,
         keyed by exactly the parameters it depends on, so a parameter change re-runs only
-        the stages that depend on it. ``keep`` bounds the number of entries of this kind
-        (same ``key[0]``) held at once: the oldest are dropped first (and recomputed if
-        asked again).
+        the stages that depend on it. Each kind of stage (same ``key[0]``) is an LRU of
+        :func:`stage_limit` entries (:data:`STAGE_LIMITS`); ``keep`` sets that limit for the
+        kind instead. A hit makes the entry the most recent; a new entry drops the least
+        recently used ones first (they are recomputed if asked again).
         """
-        if key in self._cache:
-            return self._cache[key]
-        if keep is not None and isinstance(key, tuple):
-            same = [k for k in self._cache if isinstance(k, tuple) and k and k[0] == key[0]]
-            for old in same[: max(0, len(same) - keep + 1)]:
-                del self._cache[old]
-        value = compute()
-        self._cache[key] = value
-        return value
+        hit, value = self._lookup(key)
+        if hit:
+            return value
+        self._make_room(key, keep)
+        return self._store(key, compute())
+
+    def _lookup(self, key: Hashable) -> tuple[bool, Any]:
+        """``(True, value)`` for a cached key (now the most recent of its kind), else ``(False, None)``."""
+        with self._cache_lock:
+            entries = self._cache.get(stage_kind(key))
+            if entries is None or key not in entries:
+                return False, None
+            entries.move_to_end(key)
+            return True, entries[key]
+
+    def _limit(self, kind: str) -> int:
+        return self._limits.get(kind, stage_limit(kind))
+
+    def _make_room(self, key: Hashable, keep: int | None = None) -> None:
+        """Before computing ``key``: its kind's least recently used entries dropped to leave one free place."""
+        kind = stage_kind(key)
+        with self._cache_lock:
+            if keep is not None:
+                self._limits[kind] = max(1, int(keep))
+            entries = self._cache.get(kind)
+            while entries is not None and len(entries) >= self._limit(kind):
+                entries.popitem(last=False)
+
+    def _store(self, key: Hashable, value: Any) -> Any:
+        """Cache ``value`` as the most recent entry of its kind and return what the cache holds for ``key``.
+
+        When another thread stored ``key`` meanwhile, its value is kept and returned (one object per key).
+        """
+        kind = stage_kind(key)
+        with self._cache_lock:
+            entries = self._cache.setdefault(kind, OrderedDict())
+            if key in entries:
+                entries.move_to_end(key)
+                return entries[key]
+            entries[key] = value
+            limit = self._limit(kind)
+            while len(entries) > limit:
+                entries.popitem(last=False)
+            return value
+
+    def cache_info(self) -> dict[str, tuple[int, int]]:
+        """``{stage kind: (entries held, limit)}`` of the staged cache (see :data:`STAGE_LIMITS`)."""
+        with self._cache_lock:
+            return {kind: (len(entries), self._limit(kind)) for kind, entries in self._cache.items() if entries}
 
     def layer_name(self, layer: LayerSpec | None) -> str:
         """The dotted name of ``layer`` (None: :attr:`default_layer`), captured if it was not a candidate.
@@ -487,7 +618,9 @@ class Explainer:
         Returns
         -------
         CAMResult
-            The same object for the same method and parameters (cached).
+            The same object for the same method and parameters while it is cached (each
+            method keeps its last :data:`STAGE_LIMITS` ``["result"]`` results); a result
+            dropped from the cache is recomputed, with the same values, as a new object.
 
         Raises
         ------
@@ -507,9 +640,7 @@ class Explainer:
         mapped: Sequence[str] = [] if spec.family != "multi-layer" else self._candidates
         self._check_extent(method, [values["layer"]] if "layer" in values else mapped)
         key = ("result", method, tuple(sorted(values.items())))
-        if key not in self._cache:
-            self._cache[key] = spec.compute(self, **values)
-        return cast(CAMResult, self._cache[key])
+        return cast(CAMResult, self.stage(key, lambda: spec.compute(self, **values)))
 
     def __getattr__(self, name: str) -> Callable[..., Any]:
         # exp.gradcam(...), exp.fusioncam(theta=20), ... for every registered method.
@@ -565,25 +696,27 @@ class Explainer:
         """
         key = ("baseline", baseline)
         maps = maps.to(self._device, torch.float32)
-        if key in self._cache:
+        hit, base = self._lookup(key)
+        if hit:
             def prob_fn(m: torch.Tensor) -> torch.Tensor:
                 return self._probs_of(self._masked_inputs(m, baseline))
         else:  # the all-zero map's masked input is the baseline: one batch [baseline, *maps]
             batch = torch.cat([torch.zeros_like(maps[:1]), maps])
             probs = self._probs_of(self._masked_inputs(batch, baseline))
-            self._cache[key] = float(probs[0])
+            self._make_room(key)
+            base = self._store(key, float(probs[0]))
 
             def prob_fn(m: torch.Tensor) -> torch.Tensor:
                 return probs[1:]
-        return _fusion.contributions(prob_fn, maps, float(self._cache[key]))
+        return _fusion.contributions(prob_fn, maps, float(base))
 
     def baseline_probability(self, baseline: str) -> float:
         """``Y_c(baseline)``: the target probability of the all-zero map's masked input (cached)."""
-        key = ("baseline", baseline)
-        if key not in self._cache:
+        def compute() -> float:
             zero = torch.zeros((1, *self.size), device=self._device)
-            self._cache[key] = float(self._probs_of(self._masked_inputs(zero, baseline))[0])
-        return float(self._cache[key])
+            return float(self._probs_of(self._masked_inputs(zero, baseline))[0])
+
+        return float(self.stage(("baseline", baseline), compute))
 
     def pair_contributions(self, l_g: torch.Tensor, l_r: torch.Tensor, region: str, name: str,
                            baseline: str) -> tuple[float, float]:
@@ -593,10 +726,12 @@ class Explainer:
         baseline come from the cache and only ``L_g`` runs.
         """
         rkey = ("beta-region", region, name, baseline)
-        if rkey in self._cache:
-            return float(self.contributions(l_g[None], baseline)[0]), float(self._cache[rkey])
+        hit, beta_r = self._lookup(rkey)
+        if hit:
+            return float(self.contributions(l_g[None], baseline)[0]), float(beta_r)
         b = self.contributions(torch.stack([l_g, l_r]), baseline)
-        self._cache[rkey] = float(b[1])
+        self._make_room(rkey)
+        self._store(rkey, float(b[1]))
         return float(b[0]), float(b[1])
 
 

@@ -3,7 +3,14 @@
 Every result holds numpy views for plotting (read-only arrays) and the same data as
 torch tensors on the model's device (``*_tensor`` attributes). Results are immutable
 and cached by the explainer: asking twice with the same parameters returns the very
-same object.
+same object (while the explainer keeps it, see :data:`camwidgets.core.explainer.STAGE_LIMITS`).
+
+On the CPU the numpy arrays share memory with the tensors they show, and with the
+explainer's cached stages (I-CAM's perturbed images and per-layer maps, Fusion-CAM's
+region map): no copy per result. They are read-only, and numpy refuses to make them
+writable again; the ``*_tensor`` attributes and cached stages are never modified in place
+by camwidgets, and must not be by callers. On another device, or for another dtype, the
+arrays are copies.
 
 Conventions: ``map`` is the explanation ``(H, W)`` in ``[0, 1]`` at the resolution of
 the model input; ``raw`` is the map before the final normalisation at the resolution
@@ -27,17 +34,48 @@ import torch
 __all__ = ["CAMResult", "FusionCAMResult", "ICAMResult", "RegionCAMResult", "UnionCAMResult", "freeze_array"]
 
 
-def freeze_array(value: torch.Tensor | np.ndarray) -> np.ndarray:
-    """A read-only numpy copy (float tensors become float32 unless they are float64)."""
+def freeze_array(value: torch.Tensor | np.ndarray, *, share: bool = False) -> np.ndarray:
+    """A read-only numpy array of ``value`` (float tensors become float32 unless they are float64).
+
+    By default a copy. With ``share=True`` no copy where the data can be shown as it is: a
+    CPU tensor of the output dtype that spans its whole storage becomes a read-only view of
+    it (``Tensor.numpy()``; numpy then refuses to make it writable again), and an array that
+    is already read-only down to its memory's owner is returned as it is. Any other value (a
+    tensor on another device, of another dtype, or a view into a larger storage, which
+    would keep that storage alive; a writable array) is copied.
+    """
     if isinstance(value, torch.Tensor):
         t = value.detach()
         if t.is_floating_point() and t.dtype != torch.float64:
             t = t.float()
-        arr = t.cpu().numpy().copy()
+        if share and t.device.type == "cpu" and _spans_storage(t):
+            try:
+                arr = t.numpy()
+            except (RuntimeError, TypeError):  # conjugate / negative-bit views, unsupported dtypes
+                arr = t.cpu().numpy().copy()
+        else:
+            arr = t.cpu().numpy().copy()
+    elif share and isinstance(value, np.ndarray) and _read_only(value):
+        return value
     else:
         arr = np.array(value, copy=True)
     arr.setflags(write=False)
     return arr
+
+
+def _spans_storage(t: torch.Tensor) -> bool:
+    """Whether ``t`` covers its whole storage (a view of it keeps no more memory alive than ``t``)."""
+    return t.untyped_storage().nbytes() <= t.numel() * t.element_size()
+
+
+def _read_only(arr: np.ndarray) -> bool:
+    """``arr`` and every array it views are read-only, down to an owner numpy can't re-open for writes."""
+    a: Any = arr
+    while isinstance(a, np.ndarray):
+        if a.flags.writeable:
+            return False
+        a = a.base
+    return a is None or isinstance(a, torch.Tensor)
 
 
 def _frozen_mapping(m: Mapping[str, Any]) -> Mapping[str, Any]:
@@ -81,10 +119,10 @@ class CAMResult:
         object.__setattr__(self, "params", _frozen_mapping(self.params))
         object.__setattr__(self, "map_tensor", self.map_tensor.detach())
         object.__setattr__(self, "raw_tensor", self.raw_tensor.detach())
-        object.__setattr__(self, "map", freeze_array(self.map_tensor))
-        object.__setattr__(self, "raw", freeze_array(self.raw_tensor))
+        object.__setattr__(self, "map", freeze_array(self.map_tensor, share=True))
+        object.__setattr__(self, "raw", freeze_array(self.raw_tensor, share=True))
         w = self.weights_tensor
-        object.__setattr__(self, "weights", None if w is None else freeze_array(w))
+        object.__setattr__(self, "weights", None if w is None else freeze_array(w, share=True))
 
     def __repr__(self) -> str:
         params = ", ".join(f"{k}={v!r}" for k, v in self.params.items() if k != "layer")
@@ -126,8 +164,8 @@ class RegionCAMResult(CAMResult):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        object.__setattr__(self, "scores", freeze_array(self.scores))
-        object.__setattr__(self, "skipped", freeze_array(self.skipped))
+        object.__setattr__(self, "scores", freeze_array(self.scores, share=True))
+        object.__setattr__(self, "skipped", freeze_array(self.skipped, share=True))
 
     @property
     def fraction_skipped(self) -> float:
@@ -174,11 +212,11 @@ class ICAMResult(CAMResult):
         super().__post_init__()
         for name in ("layer_scores", "layer_weights", "perturbations", "svim", "mds",
                      "perturbation_weights", "input_saliency"):
-            object.__setattr__(self, name, freeze_array(getattr(self, name)))
+            object.__setattr__(self, name, freeze_array(getattr(self, name), share=True))
         object.__setattr__(self, "candidate_layers", tuple(self.candidate_layers))
         object.__setattr__(self, "kept_layers", tuple(self.kept_layers))
         object.__setattr__(self, "layer_maps",
-                           _frozen_mapping({k: freeze_array(v) for k, v in self.layer_maps.items()}))
+                           _frozen_mapping({k: freeze_array(v, share=True) for k, v in self.layer_maps.items()}))
 
 
 @dataclass(frozen=True, eq=False, kw_only=True, repr=False)
@@ -213,7 +251,7 @@ class UnionCAMResult(CAMResult):
     def __post_init__(self) -> None:
         super().__post_init__()
         for name in ("gradient_map", "region_map", "union_map"):
-            object.__setattr__(self, name, freeze_array(getattr(self, name)))
+            object.__setattr__(self, name, freeze_array(getattr(self, name), share=True))
 
 
 @dataclass(frozen=True, eq=False, kw_only=True, repr=False)
@@ -248,5 +286,5 @@ class FusionCAMResult(CAMResult):
     def __post_init__(self) -> None:
         super().__post_init__()
         for name in ("gradient_map", "region_map", "combined_map", "similarity"):
-            object.__setattr__(self, name, freeze_array(getattr(self, name)))
+            object.__setattr__(self, name, freeze_array(getattr(self, name), share=True))
         object.__setattr__(self, "betas", _frozen_mapping({k: float(v) for k, v in self.betas.items()}))

@@ -34,7 +34,9 @@ def unioncam(exp: Explainer, *, theta: float, layer: str, baseline: str, region:
         method="unioncam", layer=layer, target=exp.target,
         params={"theta": theta, "layer": layer, "baseline": baseline, "region": region},
         map_tensor=_ops.normalize(chosen), raw_tensor=chosen, weights_tensor=None,
-        gradient_map=freeze_array(l_d), region_map=freeze_array(l_r), union_map=freeze_array(l_dr),
+        # Views, not copies, on the CPU: L_R is the region result's own map (results.freeze_array).
+        gradient_map=freeze_array(l_d, share=True), region_map=freeze_array(l_r, share=True),
+        union_map=freeze_array(l_dr, share=True),
         beta_gradient=beta_d, beta_region=beta_r, beta_union=beta_dr,
         baseline_probability=exp.baseline_probability(baseline), choice=choice)
 
@@ -55,8 +57,10 @@ def fusioncam(exp: Explainer, *, theta: float, gradient: str, region: str, layer
         method="fusioncam", layer=layer, target=exp.target,
         params={"theta": theta, "gradient": gradient, "region": region, "layer": layer, "baseline": baseline},
         map_tensor=fused, raw_tensor=fused, weights_tensor=None,
-        gradient_map=freeze_array(l_g), region_map=freeze_array(l_r), combined_map=freeze_array(l_gr),
-        similarity=freeze_array(sim), betas=betas, baseline_probability=exp.baseline_probability(baseline))
+        # Views, not copies, on the CPU: L_r is the region result's own map (results.freeze_array).
+        gradient_map=freeze_array(l_g, share=True), region_map=freeze_array(l_r, share=True),
+        combined_map=freeze_array(l_gr, share=True), similarity=freeze_array(sim, share=True), betas=betas,
+        baseline_probability=exp.baseline_probability(baseline))
 
 
 #: This module's registry entries (gathered by :mod:`camwidgets.core.methods`).

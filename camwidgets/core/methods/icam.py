@@ -15,6 +15,7 @@ import torch
 from .. import _ops
 from .. import icam as _icam
 from .._hooks import capture
+from ..explainer import STAGE_LIMITS
 from ..results import ICAMResult, freeze_array
 from ._spec import Method, Param
 
@@ -23,8 +24,10 @@ if TYPE_CHECKING:
 
 __all__ = ["icam"]
 
-#: Perturbation stages (one per (alpha, n, seed)) an explainer keeps; older ones are recomputed.
-PERTURBATION_STAGES_KEPT = 4
+#: Perturbation stages (one per (alpha, n, seed)) an explainer keeps; the least recently used are
+#: recomputed (``STAGE_LIMITS["icam-perturb"]``; I-CAM's results are kept as many, so the perturbed
+#: images a kept result shows are those of a kept stage, not a copy).
+PERTURBATION_STAGES_KEPT = STAGE_LIMITS["icam-perturb"]
 
 
 def _perturbation_stage(exp: Explainer, alpha: float, n: int, seed: int) -> dict[str, Any]:
@@ -32,8 +35,8 @@ def _perturbation_stage(exp: Explainer, alpha: float, n: int, seed: int) -> dict
 
     One batched forward + backward of the ``n`` perturbed images (eq. 4) capturing ``A``
     and ``dS_c/dA`` at every candidate layer; the activations are reduced to ``φ_{i,l}``
-    (``(L, n, H, W)``) and dropped. Only the last :data:`PERTURBATION_STAGES_KEPT` stages
-    are kept (each holds ``φ``).
+    (``(L, n, H, W)``) and dropped. Only the :data:`PERTURBATION_STAGES_KEPT` most recently
+    used stages are kept (each holds ``φ``).
     """
     cands = list(exp.candidate_layers)
 
@@ -84,12 +87,14 @@ def icam(exp: Explainer, *, alpha: float, threshold: float, n: int, bias: str, s
         method="icam", layer=tuple(kept), target=exp.target,
         params={"alpha": alpha, "threshold": threshold, "n": n, "bias": bias, "seed": seed, "sigma": sigma},
         map_tensor=final, raw_tensor=raw, weights_tensor=None,
-        candidate_layers=cands, layer_scores=freeze_array(sc["S"]),
-        kept_layers=tuple(kept), layer_weights=freeze_array(weights),
-        layer_maps={ln: freeze_array(m) for ln, m in maps.items()},
-        perturbations=freeze_array(stage["perturbations"]), svim=freeze_array(sc["svim"]),
-        mds=freeze_array(stage["mds"]), perturbation_weights=freeze_array(sc["w"]),
-        input_saliency=freeze_array(sc["s"]))
+        # The arrays are read-only views of the cached stages' tensors on the CPU (results.freeze_array), not
+        # copies: the perturbed images (n 3 H W) and the per-layer maps are held once, however many results.
+        candidate_layers=cands, layer_scores=freeze_array(sc["S"], share=True),
+        kept_layers=tuple(kept), layer_weights=freeze_array(weights, share=True),
+        layer_maps={ln: freeze_array(m, share=True) for ln, m in maps.items()},
+        perturbations=freeze_array(stage["perturbations"], share=True), svim=freeze_array(sc["svim"], share=True),
+        mds=freeze_array(stage["mds"], share=True), perturbation_weights=freeze_array(sc["w"], share=True),
+        input_saliency=freeze_array(sc["s"], share=True))
 
 
 #: This module's registry entries (gathered by :mod:`camwidgets.core.methods`).

@@ -100,7 +100,7 @@ class SuperpixelCAMResult(CAMResult):
     def __post_init__(self) -> None:
         super().__post_init__()
         for name in ("segments", "samples", "scores", "sample_weights"):
-            object.__setattr__(self, name, freeze_array(getattr(self, name)))
+            object.__setattr__(self, name, freeze_array(getattr(self, name), share=True))
 
     @property
     def n_superpixels(self) -> int:
@@ -309,8 +309,9 @@ def _result(exp: Explainer, method: str, params: dict[str, Any], st: dict[str, A
     return SuperpixelCAMResult(
         method=method, layer=(), target=exp.target, params=params,
         map_tensor=_ops.normalize(torch.relu(raw)), raw_tensor=raw, weights_tensor=coef.float(),
-        segments=freeze_array(st["segments"]), samples=freeze_array(st["samples"]),
-        scores=freeze_array(st["scores"]), sample_weights=freeze_array(weights),
+        # The superpixels, samples and scores are the cached stage's (read-only views on the CPU, not copies).
+        segments=freeze_array(st["segments"], share=True), samples=freeze_array(st["samples"], share=True),
+        scores=freeze_array(st["scores"], share=True), sample_weights=freeze_array(weights, share=True),
         intercept=intercept, evaluated=st["evaluated"], forward_passes=st["passes"])
 
 
