@@ -64,23 +64,28 @@ def _square_axes(fig: go.Figure, h: int, w: int) -> None:
 
 # -- one method's map over the image ------------------------------------------------------
 def map_figure(image: Any, cam_map: Any | None = None, title: str = "", opacity: float = 0.5,
-               colorscale: str = "Jet", size: int = 260) -> go.Figure:
+               colorscale: str = "Jet", size: int = 260, colorbar: bool = False) -> go.Figure:
     """The image ``(3, H, W)`` in [0, 1] with a CAM ``(H, W)`` in [0, 1] laid over it.
 
-    Trace 0 is the image, trace 1 the heatmap (hover shows the map's value).
+    Trace 0 is the image, trace 1 the heatmap (hover shows the map's value); ``colorbar``
+    adds a thin colour bar (0 to 1) at the right.
     """
     rgb = _to_uint8_hwc(image)
     h, w = rgb.shape[:2]
     z = np.zeros((h, w), np.float32) if cam_map is None else _arr(cam_map)
     fig = go.Figure([
         go.Image(source=_png_uri(rgb), name="image", hoverinfo="skip"),
-        go.Heatmap(z=z, zmin=0.0, zmax=1.0, opacity=opacity, colorscale=colorscale, showscale=False,
-                   name="map", hovertemplate=_HOVER, visible=cam_map is not None),
+        go.Heatmap(z=z, zmin=0.0, zmax=1.0, opacity=opacity, colorscale=colorscale,
+                   name="map", hovertemplate=_HOVER, visible=cam_map is not None, showscale=colorbar,
+                   colorbar={"thickness": 8, "len": 0.9, "xpad": 2, "tickvals": [0, 0.5, 1],
+                             "tickfont": {"size": 9}}),
     ])
     _square_axes(fig, h, w)
     # A vertical tool bar: on a pane this narrow the horizontal one covers the title.
-    fig.update_layout(title={"text": title, "x": 0.05, "xanchor": "left", "font": {"size": 14}}, width=size,
-                      height=size + 30, margin={"l": 2, "r": 28, "t": 30, "b": 2}, modebar={"orientation": "v"})
+    extra = 34 if colorbar else 0
+    fig.update_layout(title={"text": title, "x": 0.05, "xanchor": "left", "font": {"size": 14}}, width=size + extra,
+                      height=size + 30, margin={"l": 2, "r": 28 + extra, "t": 30, "b": 2},
+                      modebar={"orientation": "v"})
     return fig
 
 
@@ -236,6 +241,8 @@ def update_perturbations_figure(fig: go.Figure, result: Any, thumb: int = 96) ->
 
 
 # -- Fusion-CAM / UnionCAM components --------------------------------------------------------
+#: Side (pixels) of Fusion-CAM's component maps: five of them share one row.
+_FUSION_THUMB = 96
 _FUSION_PANES = ("denoised gradient L_g", "region L_r", "combined L_gr", "similarity", "Fusion-CAM")
 
 
@@ -243,7 +250,7 @@ def fusion_figure(result: Any | None = None, colorscale: str = "Jet", size: tupl
     """Fusion-CAM's components side by side: ``L_g`` (denoised), ``L_r``, ``L_gr``, the
     similarity map and the fused map, with every β in the titles."""
     if result is not None:
-        size = (int(result.map.shape[0]), int(result.map.shape[1]))
+        size = tuple(int(s) for s in np.shape(_thumbnail(result.map, _FUSION_THUMB)))  # type: ignore[assignment]
     fig = make_subplots(rows=1, cols=len(_FUSION_PANES), subplot_titles=list(_FUSION_PANES),
                         horizontal_spacing=0.01)
     for i in range(len(_FUSION_PANES)):
@@ -266,7 +273,7 @@ def update_fusion_figure(fig: go.Figure, result: Any) -> None:
               "Fusion-CAM")
     with _batch(fig):
         for i, (m, t) in enumerate(zip(maps, titles, strict=True)):
-            fig.data[i].z = _arr(m)
+            fig.data[i].z = _thumbnail(m, _FUSION_THUMB)
             fig.layout.annotations[i].text = t
 
 

@@ -1,6 +1,8 @@
-"""ipywidgets classes: the CAMExplorer and the panes it is made of."""
+"""ipywidgets classes: the CAMExplorer (a thin view), its controller and its pane registry."""
 
-from .explorer import DEFAULT_METHODS, CAMExplorer
-from .panes import METHOD_LABELS, FusionPanel, LayerPanel, MapPane, MetricsPanel
+from .controller import DEFAULT_METHODS, METHOD_LABELS, ExplorerController
+from .explorer import CAMExplorer
+from .panes import PANES, PaneSpec, PaneView, map_pane
 
-__all__ = ["DEFAULT_METHODS", "METHOD_LABELS", "CAMExplorer", "FusionPanel", "LayerPanel", "MapPane", "MetricsPanel"]
+__all__ = ["DEFAULT_METHODS", "METHOD_LABELS", "PANES", "CAMExplorer", "ExplorerController", "PaneSpec", "PaneView",
+           "map_pane"]

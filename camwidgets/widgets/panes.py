@@ -1,204 +1,214 @@
-"""Display panes: each wraps Plotly ``FigureWidget``s built once and updated in place.
+"""The explorer's panes: one registry entry per pane, each drawn as a plain Plotly figure.
 
-A pane renders results; it computes nothing. :class:`~camwidgets.widgets.CAMExplorer`
-composes them, and each also works on its own::
+A pane is declared once, in :data:`PANES` (or, for the map of each method, by
+:func:`map_pane`): its name, its title, where it goes (the maps row or a tab of details),
+when it is shown, what it reads from the controller and how its figure is built (a pure
+function, most of them from :mod:`camwidgets.viz.cam`). The view
+(:class:`~camwidgets.widgets.CAMExplorer`) makes one :class:`PaneView` per shown pane and
+redraws a pane only when what it reads has changed (compared by identity: results,
+metric rows and curves are new objects when they change). Adding a pane touches this
+file and its test.
 
-    pane = MapPane("gradcam", image); pane.update(explainer.gradcam()); display(pane)
-
-A pane's :meth:`close` closes every widget it holds (its FigureWidgets, their layouts),
-not only its own box: a closed widget leaves ipywidgets' registry of live widgets, and
-a widget left there stays alive (with what its callbacks reference) for the whole session.
+A :class:`PaneView` is an ``ipywidgets.Output`` whose one output is the figure's Plotly
+JSON (the ``application/vnd.plotly.v1+json`` mimetype, drawn by the Plotly extension that
+ships with the ``plotly`` package in JupyterLab and Notebook 7). It is not a Plotly
+``FigureWidget``: those carry their own copy of plotly.js (~5 MB) into the notebook each,
+and one updated in place comes back after a page reload as it was first built. An Output's
+state *is* the figure shown, set from the kernel, so a reloaded page, a second tab and a
+saved notebook draw the current figure, with hover, at a few hundred kB per pane.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
-from typing import Any
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import ipywidgets as widgets
-import plotly.graph_objects as go
 
-from ..core.methods import methods
 from ..viz import cam as vz
+from .controller import METHOD_LABELS, METRIC_COLUMNS
 
-__all__ = ["METHOD_LABELS", "FusionPanel", "LayerPanel", "MapPane", "MetricsPanel"]
+if TYPE_CHECKING:
+    import plotly.graph_objects as go
 
-#: Display names of the methods, from the method registry (registry order).
-METHOD_LABELS: dict[str, str] = {m.name: m.label for m in methods()}
+    from .controller import ExplorerController
 
+__all__ = ["MIMETYPE", "PANES", "PaneContext", "PaneSpec", "PaneView", "figure_bundle", "map_pane", "pane_specs"]
 
-def _held_widgets(value: Any, depth: int = 3) -> Iterator[widgets.Widget]:
-    """Widgets in ``value`` or in its dicts, lists and tuples (``depth`` levels down)."""
-    if isinstance(value, widgets.Widget):
-        yield value
-    elif depth > 0 and isinstance(value, (dict, list, tuple)):
-        for item in value.values() if isinstance(value, dict) else value:
-            yield from _held_widgets(item, depth - 1)
-
-
-def _ours(obj: object) -> bool:
-    return any(c.__module__.startswith("camwidgets.") for c in type(obj).__mro__)
+#: The mimetype of a Plotly figure's JSON in a notebook output.
+MIMETYPE = "application/vnd.plotly.v1+json"
+#: Plotly's config for every pane: no logo, no "edit in Chart Studio" link.
+_CONFIG = {"displaylogo": False, "showLink": False}
+#: Side (pixels) of a map pane's square plot area: four of them and their colour bars fit a
+#: 1440x900 JupyterLab window beside its file browser.
+MAP_SIZE = 210
 
 
-def widgets_under(root: widgets.Widget) -> list[widgets.Widget]:
-    """``root`` and every widget it holds: its widget-valued traits (children, layout, style),
-    recursively, and, for camwidgets' own widgets, the widgets held as attributes (also in
-    dicts, lists and tuples), which need not be in the children tree."""
-    found: dict[int, widgets.Widget] = {}
-    stack: list[widgets.Widget] = [root]
-    while stack:
-        w = stack.pop()
-        if id(w) in found:
-            continue
-        found[id(w)] = w
-        for name in w.keys:
-            try:
-                value = getattr(w, name)
-            except Exception:  # a trait that cannot be read holds no widget of ours
-                continue
-            stack.extend(_held_widgets(value, 1))
-        if _ours(w):
-            stack.extend(_held_widgets(list(vars(w).values())))
-    return list(found.values())
+@dataclass(frozen=True)
+class PaneContext:
+    """What a pane's figure is built from: the controller's state and the view's style."""
+
+    controller: ExplorerController
+    opacity: float = 0.5
+    colorscale: str = "Jet"
 
 
-def close_widgets(root: widgets.Widget, owner: object | None = None) -> None:
-    """Close ``root`` and every widget it holds (see :func:`widgets_under`).
-
-    Each one leaves ipywidgets' registry and closes its comm (the kernel's comm registry drops
-    it). Buttons forget their click callbacks, and observers that are methods of ``owner``
-    are removed, so that a closed widget someone still holds keeps nothing of ``owner`` alive;
-    panes drop the result they showed. Closing again is fine.
-    """
-    for w in widgets_under(root):
-        if owner is not None:
-            for name, by_type in list(w._trait_notifiers.items()):
-                for kind, handlers in list(by_type.items()):
-                    for handler in list(handlers):
-                        if getattr(handler, "__self__", None) is owner:
-                            w.unobserve(handler, names=name, type=kind)
-        if isinstance(w, widgets.Button):
-            for callback in list(w._click_handlers.callbacks):
-                w.on_click(callback, remove=True)
-        if isinstance(w, _Pane):
-            w.result = None  # the core's result (maps, per-layer maps, perturbations)
-        widgets.Widget.close(w)  # the base close: the panes' own close() walks the tree again
-
-
-class _Pane(widgets.VBox):
-    result: Any = None
-
-    def close(self) -> None:
-        """Close the pane and every widget in it (its figures included); closing again is fine."""
-        close_widgets(self)
-
-
-class MapPane(_Pane):
-    """One method's map over the image, with hover values.
+@dataclass(frozen=True)
+class PaneSpec:
+    """One pane of the explorer.
 
     Attributes
     ----------
-    figure : plotly.graph_objects.FigureWidget
-        Built once; :meth:`update` writes into it.
-    result : object or None
-        The result object shown (a core ``CAMResult``).
+    name : str
+        Key in ``CAMExplorer.panes`` and ``CAMExplorer.figures`` (a method's name for its map).
+    title : str
+        Shown as the tab's title (detail panes) or the figure's title (maps).
+    tab : str or None
+        The tab of details it goes in; None: the maps row, always in view.
+    shown : callable(controller) -> bool
+        Whether the pane is part of the explorer now (e.g. only while its method is shown).
+    inputs : callable(PaneContext) -> tuple
+        The objects the figure is built from; the pane is redrawn when one of them is not the
+        object it was drawn from (scalars: when they differ).
+    figure : callable(PaneContext) -> plotly Figure
+        Builds the figure (pure).
     """
 
-    def __init__(self, method: str, image: Any, opacity: float = 0.5, colorscale: str = "Jet",
-                 size: int = 260) -> None:
-        self.method = method
-        self.result: Any = None
-        self.figure = go.FigureWidget(vz.map_figure(image, None, METHOD_LABELS.get(method, method),
-                                                    opacity, colorscale, size))
-        super().__init__([self.figure])
+    name: str
+    title: str
+    tab: str | None
+    shown: Callable[[ExplorerController], bool]
+    inputs: Callable[[PaneContext], tuple[Any, ...]]
+    figure: Callable[[PaneContext], go.Figure]
 
-    def update(self, result: Any, *, image: Any | None = None) -> bool:
-        """Show ``result``; returns False (and sends nothing) if it is the result already shown."""
-        if result is self.result and image is None:
+
+def _result(ctx: PaneContext, method: str) -> Any:
+    return ctx.controller.results.get(method)
+
+
+def map_pane(method: str) -> PaneSpec:
+    """The pane of one method's map over the image (hover shows the map's value)."""
+    label = METHOD_LABELS.get(method, method)
+
+    def figure(ctx: PaneContext) -> go.Figure:
+        r = _result(ctx, method)
+        return vz.map_figure(ctx.controller.image, None if r is None else r.map, label, ctx.opacity,
+                             ctx.colorscale, size=MAP_SIZE, colorbar=True)
+
+    return PaneSpec(name=method, title=label, tab=None, shown=lambda c: method in c.methods,
+                    inputs=lambda ctx: (ctx.controller.image, _result(ctx, method), ctx.opacity, ctx.colorscale),
+                    figure=figure)
+
+
+def _built(build: Callable[..., go.Figure], result: Any, **kw: Any) -> go.Figure:
+    return build(result, **kw)
+
+
+def _metrics_figure(ctx: PaneContext) -> go.Figure:
+    fig = vz.metrics_figure(METRIC_COLUMNS)
+    rows = {METHOD_LABELS.get(m, m): v for m, v in ctx.controller.metric_values.items()}
+    vz.update_metrics_figure(fig, rows)
+    return fig
+
+
+def _curves_figure(ctx: PaneContext) -> go.Figure:
+    fig = vz.curves_figure()
+    vz.update_curves_figure(fig, {METHOD_LABELS.get(m, m): v for m, v in ctx.controller.curves.items()})
+    return fig
+
+
+#: The detail panes, in the order of their tabs (the map panes come from :func:`map_pane`).
+PANES: tuple[PaneSpec, ...] = (
+    PaneSpec("icam_scores", "I-CAM layers", "I-CAM layers", lambda c: "icam" in c.methods,
+             lambda ctx: (_result(ctx, "icam"),), lambda ctx: _built(vz.layer_scores_figure, _result(ctx, "icam"))),
+    PaneSpec("icam_maps", "I-CAM per-layer maps", "I-CAM layers", lambda c: "icam" in c.methods,
+             lambda ctx: (_result(ctx, "icam"),), lambda ctx: _built(vz.layer_maps_figure, _result(ctx, "icam"))),
+    PaneSpec("perturbations", "I-CAM perturbations", "I-CAM perturbations", lambda c: "icam" in c.methods,
+             lambda ctx: (_result(ctx, "icam"),),
+             lambda ctx: _built(vz.perturbations_figure, _result(ctx, "icam"))),
+    PaneSpec("fusion", "Fusion-CAM components", "Fusion-CAM", lambda c: "fusioncam" in c.methods,
+             lambda ctx: (_result(ctx, "fusioncam"), ctx.colorscale),
+             lambda ctx: _built(vz.fusion_figure, _result(ctx, "fusioncam"), colorscale=ctx.colorscale)),
+    PaneSpec("metrics", "Metrics", "Metrics", lambda c: c.compute_metrics,
+             lambda ctx: (ctx.controller.metric_values,), _metrics_figure),
+    PaneSpec("curves", "Insertion / deletion", "Metrics", lambda c: c.compute_metrics and c.compute_curves,
+             lambda ctx: (ctx.controller.curves,), _curves_figure),
+)
+
+
+def pane_specs(controller: ExplorerController) -> list[PaneSpec]:
+    """Every pane shown now: the shown methods' maps (registry order), then :data:`PANES`."""
+    maps = [map_pane(m) for m in METHOD_LABELS if m in controller.methods]
+    return maps + [p for p in PANES if p.shown(controller)]
+
+
+def figure_bundle(fig: go.Figure) -> dict[str, Any]:
+    """A notebook output (``display_data``) that draws ``fig``: its Plotly JSON (numpy arrays as
+    base64 typed arrays) and a plain-text line for front ends without the Plotly extension."""
+    spec = json.loads(fig.to_json())
+    spec["config"] = dict(_CONFIG)
+    title = fig.layout.title.text or "figure"
+    return {"output_type": "display_data", "metadata": {},
+            "data": {MIMETYPE: spec, "text/plain": f"<Plotly figure: {title}>"}}
+
+
+def _same(a: tuple[Any, ...] | None, b: tuple[Any, ...]) -> bool:
+    if a is None or len(a) != len(b):
+        return False
+    return all(x is y or (isinstance(x, (int, float, str)) and x == y) for x, y in zip(a, b, strict=True))
+
+
+@dataclass
+class _Drawn:
+    inputs: tuple[Any, ...] | None = None
+    figure: Any = None
+    draws: int = 0
+
+
+class PaneView(widgets.Output):
+    """One pane: an ``Output`` showing its figure (see the module docstring).
+
+    Attributes
+    ----------
+    spec : PaneSpec
+    figure : plotly Figure or None
+        The figure shown now (None before the first draw).
+    draws : int
+        Times the pane was drawn (a redraw with unchanged inputs does not count: nothing is sent).
+    """
+
+    def __init__(self, spec: PaneSpec, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.spec = spec
+        self._drawn = _Drawn()
+
+    @property
+    def figure(self) -> Any:
+        return self._drawn.figure
+
+    @property
+    def draws(self) -> int:
+        return self._drawn.draws
+
+    def draw(self, ctx: PaneContext, force: bool = False) -> bool:
+        """Build and show the figure if what it reads changed (or ``force``); returns whether it drew."""
+        inputs = self.spec.inputs(ctx)
+        if not force and _same(self._drawn.inputs, inputs):
             return False
-        self.result = result
-        vz.update_map_figure(self.figure, result.map, image=image)
+        fig = self.spec.figure(ctx)
+        self.outputs = (figure_bundle(fig),)
+        self._drawn = _Drawn(inputs, fig, self._drawn.draws + 1)
         return True
 
-    def set_image(self, image: Any) -> None:
-        """Show a new image (the map stays until the next :meth:`update`)."""
-        vz.update_map_figure(self.figure, image=image)
+    def forget(self) -> None:
+        """Drop the figure and what it was built from (a closed explorer keeps no results)."""
+        self._drawn = _Drawn(draws=self._drawn.draws)
 
-    def style(self, opacity: float | None = None, colorscale: str | None = None) -> None:
-        """Change the overlay's opacity or colour scale (no recomputation)."""
-        vz.update_map_figure(self.figure, opacity=opacity, colorscale=colorscale)
-
-
-class LayerPanel(_Pane):
-    """I-CAM's internals: layer scores with T's selection, per-layer maps, perturbations."""
-
-    def __init__(self, result: Any | None = None) -> None:
-        self.result: Any = None
-        self.scores = go.FigureWidget(vz.layer_scores_figure(result))
-        self.maps = go.FigureWidget(vz.layer_maps_figure(result))
-        self.perturbations = go.FigureWidget(vz.perturbations_figure(result))
-        self._layers = tuple(result.candidate_layers) if result is not None else ()
-        self._n = int(result.perturbations.shape[0]) if result is not None else 0
-        self.result = result
-        super().__init__([self.scores, self.maps, self.perturbations])
-
-    def update(self, result: Any) -> bool:
-        """Show an ``ICAMResult``; only the figures whose inputs changed are written."""
-        if result is self.result:
-            return False
-        old = self.result
-        replaced: list[widgets.Widget] = []
-        layers = tuple(result.candidate_layers)
-        if layers != self._layers:  # a new model: the grid's slots change, once
-            self._layers = layers
-            replaced += [self.maps, self.scores]
-            self.maps = go.FigureWidget(vz.layer_maps_figure(result))
-            self.scores = go.FigureWidget(vz.layer_scores_figure(result))
-        n = int(result.perturbations.shape[0])
-        if n != self._n:  # the number of perturbations changed: new slots
-            self._n = n
-            replaced.append(self.perturbations)
-            self.perturbations = go.FigureWidget(vz.perturbations_figure(result))
-        self.children = (self.scores, self.maps, self.perturbations)
-        for fig in replaced:  # shown nowhere now: closed, or they stay registered for the session
-            close_widgets(fig)
-        vz.update_layer_scores_figure(self.scores, result)
-        vz.update_layer_maps_figure(self.maps, result)
-        if old is None or old.perturbations is not result.perturbations:
-            vz.update_perturbations_figure(self.perturbations, result)
-        self.result = result
-        return True
-
-
-class FusionPanel(_Pane):
-    """Fusion-CAM's components (denoised gradient map, region map, combination, similarity) and β."""
-
-    def __init__(self, result: Any | None = None) -> None:
-        self.result: Any = None
-        self.figure = go.FigureWidget(vz.fusion_figure(result))
-        self.result = result
-        super().__init__([self.figure])
-
-    def update(self, result: Any) -> bool:
-        if result is self.result:
-            return False
-        vz.update_fusion_figure(self.figure, result)
-        self.result = result
-        return True
-
-
-class MetricsPanel(_Pane):
-    """A metrics table (one row per method) and the insertion / deletion curves."""
-
-    def __init__(self) -> None:
-        self.table = go.FigureWidget(vz.metrics_figure())
-        self.curves = go.FigureWidget(vz.curves_figure())
-        self.rows: dict[str, dict[str, float | None]] = {}
-        super().__init__([widgets.HBox([self.table, self.curves])])
-
-    def update_rows(self, rows: Mapping[str, Mapping[str, float | None]], title: str | None = None) -> None:
-        self.rows = {m: dict(v) for m, v in rows.items()}
-        vz.update_metrics_figure(self.table, {METHOD_LABELS.get(m, m): v for m, v in rows.items()}, title)
-
-    def update_curves(self, curves: Mapping[str, Mapping[str, Any]]) -> None:
-        vz.update_curves_figure(self.curves, {METHOD_LABELS.get(m, m): v for m, v in curves.items()})
+    def close(self) -> None:
+        """Close the widget and drop its figure and the results it was drawn from; again is fine."""
+        self.forget()
+        layout = self.layout
+        super().close()
+        layout.close()

@@ -120,6 +120,11 @@ class LabServer:
     def lab_url(self, path: str) -> str:
         return f"{self.url}/lab/tree/{path}?token={self.token}"
 
+    def notebook_url(self, path: str) -> str:
+        """The same notebook in Notebook 7's front end (served by the same server when the
+        ``notebook`` package is installed)."""
+        return f"{self.url}/notebooks/{path}?token={self.token}"
+
     def log_tail(self, n: int = 40) -> str:
         with contextlib.suppress(OSError):
             return "\n".join(self.log.read_text(errors="replace").splitlines()[-n:])

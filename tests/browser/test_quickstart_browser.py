@@ -1,7 +1,9 @@
-"""End to end in a real browser: quickstart.ipynb in JupyterLab, driven like a person would (issue 8).
+"""End to end in a real browser: quickstart.ipynb in JupyterLab and Notebook 7, driven like a person would.
 
-Runs every cell, then moves the θ and T sliders with the keyboard and uploads a PNG and a text
-file through the explorer's upload button. After each step it compares what the browser drew
+Runs every cell (and prints how long the first heatmap took), then moves the θ and T sliders
+with the keyboard and uploads a PNG and a text file through the explorer's upload button; then
+reloads the page with the kernel running (every pane must come back as it was, and a slider
+must redraw it), and runs every cell a second time in the same kernel. After each step it compares what the browser drew
 (the ``href`` data URI of each map pane's heatmap ``<image>``, which plotly.js renders from the
 map) with the step before: the pane that depends on the moved control must change, the others
 must not. Any JavaScript error, and any "Error displaying widget", fails the test.
@@ -26,10 +28,12 @@ from PIL import Image
 pytestmark = pytest.mark.slow
 
 MAP_PANES = ("Grad-CAM", "LayerCAM", "I-CAM", "Fusion-CAM")
-FIRST_RENDER_TIMEOUT = 240  # s: kernel start, torch import, the demo model, 10 FigureWidgets (~30 s here)
+FIRST_RENDER_TIMEOUT = 240  # s: kernel start, torch import, the demo model, the first maps (~10 s here)
 UPDATE_TIMEOUT = 90  # s: one slider move or upload, metrics and curves included (~2-5 s here)
 # The status line once the maps, metrics and curves of the last request are shown.
-STATUS_DONE = re.compile(r"^(?P<label>.+): maps in \d+ ms, AD / IC in \d+ ms, curves in \d+ ms, ADCC in \d+ ms$")
+# (A T that keeps the same layers adds "; T = ... keeps the same k layers ...".)
+STATUS_DONE = re.compile(r"^(?P<label>.+): maps in \d+ ms, AD / IC in \d+ ms, curves in \d+ ms, ADCC in \d+ ms"
+                         r"(; .*)?$")
 
 # Everything the test compares, read from the rendered page in one call.
 SNAPSHOT_JS = """(root) => {
@@ -98,16 +102,20 @@ class Snapshot:
 class Explorer:
     """The CAMExplorer's output in the notebook, as the browser shows it."""
 
-    def __init__(self, page: Any, console: Any, artifacts: Path) -> None:
+    shots = 0  # screenshots so far in this run (their file names are numbered in order)
+
+    def __init__(self, page: Any, console: Any, artifacts: Path, front_end_errors: Any = None) -> None:
         self.page, self.console, self.artifacts = page, console, artifacts
         self.root = page.locator(".jp-OutputArea-output", has=page.locator(".widget-upload"))
-        self.shots = 0
+        # Errors the front end itself logs before any cell runs (Notebook 7's own): not the explorer's.
+        self.front_end_errors = front_end_errors or (lambda e: False)
 
     def snapshot(self) -> Snapshot:
         return Snapshot.read(self.root)
 
     def check_no_errors(self) -> None:
-        assert not self.console.errors, "JavaScript errors in the page:\n" + "\n".join(self.console.errors)
+        errors = [e for e in self.console.errors if not self.front_end_errors(e)]
+        assert not errors, "JavaScript errors in the page:\n" + "\n".join(errors)
         n = self.page.get_by_text("Error displaying widget").count()
         assert n == 0, f"{n} widget(s) show 'Error displaying widget'"
 
@@ -144,6 +152,18 @@ class Explorer:
         for _ in range(times):
             handle.press(key)
 
+    def drag(self, label_start: str, dx: float) -> None:
+        """Drag the slider's handle ``dx`` pixels with the mouse, like a person would."""
+        handle = self.slider_handle(label_start)
+        handle.scroll_into_view_if_needed()
+        box = handle.bounding_box()
+        assert box is not None
+        x, y = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
+        self.page.mouse.move(x, y)
+        self.page.mouse.down()
+        self.page.mouse.move(x + dx, y, steps=8)
+        self.page.mouse.up()
+
     def upload(self, files: Any) -> None:
         button = self.root.locator(".widget-upload")
         button.scroll_into_view_if_needed()
@@ -152,8 +172,8 @@ class Explorer:
         chooser.value.set_files(files)
 
     def screenshot(self, name: str, page: bool = False) -> None:
-        self.shots += 1
-        stem = self.artifacts / f"{self.shots:02d}-{name}"
+        Explorer.shots += 1
+        stem = self.artifacts / f"{Explorer.shots:02d}-{name}"
         self.root.screenshot(path=f"{stem}-explorer.png")
         if page:
             self.page.screenshot(path=f"{stem}-page.png")
@@ -167,6 +187,13 @@ def _run_all_cells(page: Any) -> None:
     """Run → Run All Cells, from the menu bar."""
     page.locator(".lm-MenuBar-itemLabel", has_text=re.compile(r"^Run$")).click()
     page.locator(".lm-Menu-itemLabel", has_text=re.compile(r"^Run All Cells$")).click()
+
+
+def _save_notebook(page: Any) -> None:
+    """File → Save Notebook, from the menu bar; returns once the tab no longer shows unsaved changes."""
+    page.locator(".lm-MenuBar-itemLabel", has_text=re.compile(r"^File$")).click()
+    page.locator(".lm-Menu-itemLabel", has_text=re.compile(r"^Save Notebook$")).click()
+    page.wait_for_function("() => !document.querySelector('.lm-TabBar-tab.jp-mod-current.jp-mod-dirty')")
 
 
 def _square_png(path: Path) -> np.ndarray:
@@ -185,6 +212,24 @@ def _pixels(data_uri: str | None) -> np.ndarray:
     return np.asarray(Image.open(io.BytesIO(base64.b64decode(data_uri.split(",", 1)[1]))).convert("RGB"))
 
 
+ALL_RUN_JS = """() => { const p = [...document.querySelectorAll('.jp-CodeCell .jp-InputArea-prompt')];
+                   return p.length > 0 && p.every((e) => /^\\[\\d+\\]:$/.test(e.textContent.trim())); }"""
+FIRST_MAPS_JS = """() => { const hm = [...document.querySelectorAll('.jp-OutputArea-output .js-plotly-plot')]
+                   .filter((p) => p.querySelector('.hm image') && p.querySelector('.im image'));
+                   return hm.length >= 4; }"""
+
+
+def _first_picture(page: Any, artifacts: Path, name: str) -> float:
+    """Seconds from now (Run All clicked) until four map panes show a heatmap over the picture."""
+    t0 = time.monotonic()
+    page.wait_for_function(FIRST_MAPS_JS, timeout=FIRST_RENDER_TIMEOUT * 1000, polling=100)
+    seconds = time.monotonic() - t0
+    print(f"\n{name}: first heatmaps {seconds:.1f} s after Run All")
+    with (artifacts / "timings.txt").open("a") as f:
+        f.write(f"{name}: first heatmaps {seconds:.1f} s after Run All\n")
+    return seconds
+
+
 def test_quickstart_explorer_in_jupyterlab(lab_server: Any, page: Any, console: Any, artifacts: Path,
                                            tmp_path: Path) -> None:
     square_png = tmp_path / "square.png"
@@ -195,11 +240,9 @@ def test_quickstart_explorer_in_jupyterlab(lab_server: Any, page: Any, console: 
     page.goto(lab_server.lab_url("quickstart.ipynb"))
     page.get_by_text("Python 3 (ipykernel) | Idle").wait_for(timeout=FIRST_RENDER_TIMEOUT * 1000)
     _run_all_cells(page)
+    _first_picture(page, artifacts, "JupyterLab")
     prompts = page.locator(".jp-CodeCell .jp-InputArea-prompt")
-    page.wait_for_function(
-        """() => { const p = [...document.querySelectorAll('.jp-CodeCell .jp-InputArea-prompt')];
-                   return p.length > 0 && p.every((e) => /^\\[\\d+\\]:$/.test(e.textContent.trim())); }""",
-        timeout=FIRST_RENDER_TIMEOUT * 1000)
+    page.wait_for_function(ALL_RUN_JS, timeout=FIRST_RENDER_TIMEOUT * 1000)
     assert prompts.count() >= 7
     page.screenshot(path=str(artifacts / "00-notebook-after-run-all.png"))  # as Run All left it
     explorer = Explorer(page, console, artifacts)
@@ -266,4 +309,73 @@ def test_quickstart_explorer_in_jupyterlab(lab_server: Any, page: Any, console: 
     assert after.label == "square", after.describe()
     assert _changed(refused, after) == {"Fusion-CAM"}, f"before: {refused.describe()}\nafter: {after.describe()}"
     explorer.screenshot("theta-35-after-error", page=True)
+    explorer.check_no_errors()
+
+    # -- save, then reload the page while the kernel runs: every pane comes back as it was, and works --
+    _save_notebook(page)
+    page.reload()
+    page.get_by_text("Python 3 (ipykernel) | Idle").wait_for(timeout=FIRST_RENDER_TIMEOUT * 1000)
+    explorer = Explorer(page, console, artifacts)
+    explorer.root.scroll_into_view_if_needed()
+    reloaded = explorer.wait_for("the panes after a reload", lambda s: s.done and s.maps == after.maps)
+    assert reloaded.images == after.images and reloaded.titles == after.titles, reloaded.describe()
+    assert reloaded.sliders == after.sliders and reloaded.dropdowns == after.dropdowns
+    explorer.screenshot("after-reload", page=True)
+    explorer.press("θ (Fusion-CAM)", "ArrowRight", 5)
+    moved = explorer.wait_for("Fusion-CAM at θ = 40 after the reload",
+                              lambda s: s.done and "θ=40" in s.title("Fusion-CAM components"))
+    assert _changed(reloaded, moved) == {"Fusion-CAM"}, f"before: {reloaded.describe()}\nafter: {moved.describe()}"
+
+    # -- Run All a second time in the same kernel: one explorer, drawn again, no error ----------------
+    _run_all_cells(page)
+    _first_picture(page, artifacts, "JupyterLab, Run All again")
+    page.wait_for_function(ALL_RUN_JS, timeout=FIRST_RENDER_TIMEOUT * 1000)
+    explorer = Explorer(page, console, artifacts)
+    assert explorer.root.count() == 1, "the explorer's output should appear once"
+    explorer.root.scroll_into_view_if_needed()
+    again = explorer.wait_for("the second Run All's picture",
+                              lambda s: s.done and "θ=30" in s.title("Fusion-CAM components"))
+    assert again.label == "star" and again.maps == start.maps, f"first: {start.describe()}\nagain: {again.describe()}"
+    explorer.screenshot("run-all-again", page=True)
+    explorer.check_no_errors()
+
+
+def test_quickstart_explorer_in_notebook7(lab_server: Any, page: Any, console: Any, artifacts: Path) -> None:
+    try:
+        import notebook  # noqa: F401
+    except ImportError:
+        pytest.skip('Notebook 7 is not installed (pip install -e ".[test]")')
+    page.set_default_timeout(UPDATE_TIMEOUT * 1000)
+    page.goto(lab_server.notebook_url("quickstart.ipynb"))
+    page.locator(".jp-Notebook").wait_for(timeout=FIRST_RENDER_TIMEOUT * 1000)
+    page.locator(".jp-NotebookKernelStatus-idle, .jp-Notebook-ExecutionIndicator[data-status='idle']").first.wait_for(
+        timeout=FIRST_RENDER_TIMEOUT * 1000)
+    page.wait_for_timeout(3000)
+    # Notebook 7.6 with JupyterLab 4.6 logs errors of its own on every page, before any cell runs (also on
+    # /tree and on a notebook without widgets): "Cannot read properties of undefined (reading 'schema')",
+    # and a 403 for one of its fonts. Those are not the explorer's; anything else fails the test.
+    baseline = set(console.errors)
+    assert all("camwidgets" not in e and "plotly" not in e.lower() and "widget" not in e for e in baseline), baseline
+
+    def front_end_errors(e: str) -> bool:
+        return e in baseline or ("/static/notebook/" in e and "403" in e)
+
+    _run_all_cells(page)
+    _first_picture(page, artifacts, "Notebook 7")
+    page.wait_for_function(ALL_RUN_JS, timeout=FIRST_RENDER_TIMEOUT * 1000)
+    explorer = Explorer(page, console, artifacts, front_end_errors)
+    assert explorer.root.count() == 1, "the explorer's output should appear once"
+    explorer.root.scroll_into_view_if_needed()
+    start = explorer.wait_for("the explorer's picture in Notebook 7",
+                              lambda s: s.done and "θ=30" in s.title("Fusion-CAM components"),
+                              timeout=FIRST_RENDER_TIMEOUT)
+    explorer.screenshot("notebook7", page=True)
+    # (Notebook 7 keeps the arrow keys for itself: the mouse drags the handle instead.)
+    explorer.drag("T (I-CAM)", -40)
+    moved = explorer.wait_for("I-CAM at a lower T in Notebook 7",
+                              lambda s: s.done and s.sliders["T (I-CAM)"] != "0.7"
+                              and "T = 0.70" not in s.title("I-CAM layer scores"))
+    assert float(moved.sliders["T (I-CAM)"]) < 0.7, moved.sliders
+    assert _changed(start, moved) <= {"I-CAM"}, f"before: {start.describe()}\nafter: {moved.describe()}"
+    assert moved.title("I-CAM layer scores") != start.title("I-CAM layer scores")
     explorer.check_no_errors()

@@ -140,8 +140,8 @@ def test_no_other_list_of_method_names() -> None:
         ("core/__init__.py", "icam"),            # the submodule camwidgets.core.icam
         ("core/region.py", "gradcam"),           # Score-CAM's variant named after pytorch-grad-cam
         ("core/explainer.py", "gradcam"),        # explain_batch's default method
-        ("widgets/explorer.py", "icam"),         # I-CAM's layer / perturbation detail panes
-        ("widgets/explorer.py", "fusioncam"),    # Fusion-CAM's component detail pane
+        ("widgets/panes.py", "icam"),            # I-CAM's layer / perturbation detail panes
+        ("widgets/panes.py", "fusioncam"),       # Fusion-CAM's component detail pane
     }
     root = Path(camwidgets.__file__).parent
     found = set()

@@ -10,11 +10,10 @@ import pytest
 import torch
 from ipywidgets.widgets import widget as widget_module
 
-from camwidgets.core import Explainer
 from camwidgets.models import load_demo_model
 from camwidgets.widgets import CAMExplorer
 from camwidgets.widgets._runner import LatestRunner
-from camwidgets.widgets.panes import LayerPanel, MapPane
+from camwidgets.widgets.panes import PaneContext, PaneView, map_pane
 
 
 def _registered() -> int:
@@ -101,7 +100,7 @@ def test_close_is_idempotent_and_a_closed_explorer_computes_nothing(demo):
     sliders, toggles = dict(ex.sliders), dict(ex.method_toggles)
     ex.close()
     ex.close()  # twice is fine
-    started = (ex._runner.started, ex._metrics_runner.started)
+    started = (ex.controller._runner.started, ex.controller._metrics_runner.started)
     updates, threads = ex.map_updates, len(threading.enumerate())
     counter = PassCounter(model)
     try:
@@ -124,14 +123,14 @@ def test_close_is_idempotent_and_a_closed_explorer_computes_nothing(demo):
     assert counter.n == 0
     assert accepted is False
     assert ex.wait(1)
-    assert (ex._runner.started, ex._metrics_runner.started) == started
+    assert (ex.controller._runner.started, ex.controller._metrics_runner.started) == started
     assert ex.map_updates == updates and len(threading.enumerate()) <= threads
     assert ex.message == ""
     # the links are gone: a control no longer moves the trait
     assert ex.alpha == 0.7
     # the explainers (the model's cached activations and gradients) and the results are released
-    assert ex.explainer is None and ex.results == {} and not ex._explainers
-    assert all(p.result is None for p in [*ex.panes.values(), ex.layer_panel, ex.fusion_panel])
+    assert ex.explainer is None and ex.results == {} and not ex.controller._explainers
+    assert all(p.figure is None for p in ex.panes.values()) and ex.figures == {}
 
 
 def test_close_during_a_computation_stops_it_and_its_worker(demo):
@@ -173,16 +172,15 @@ def test_runner_close_drops_the_waiting_job_and_refuses_new_ones():
     assert not runner._thread.is_alive()
 
 
-def test_panes_close_their_figures_and_layer_panel_closes_replaced_ones(demo):
-    model, pre, _ = demo
-    result = Explainer(model, torch.rand(3, 64, 64), preprocess=pre).icam(n=2)
+def test_a_pane_view_closes_and_forgets_its_figure(demo):
     before = _registered()
-    panel = LayerPanel()
-    opened = _registered()
-    panel.update(result)  # new layers and perturbation count: its three figures are replaced
-    assert _registered() == opened
-    panel.close()
-    pane = MapPane("gradcam", torch.rand(3, 64, 64))
-    pane.close()
-    pane.close()
+    ex = _explorer(demo, metrics=False, background=False)
+    ex.close()
     assert _registered() == before
+    pane = PaneView(map_pane("gradcam"))
+    ctrl = ex.controller  # closed: its results are gone, the pane draws the bare map slot
+    assert pane.draw(PaneContext(ctrl)) and pane.figure is not None and pane.draws == 1
+    assert not pane.draw(PaneContext(ctrl))  # same inputs: nothing drawn, nothing sent
+    pane.close()
+    pane.close()
+    assert pane.figure is None and _registered() == before

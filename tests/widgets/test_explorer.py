@@ -104,13 +104,13 @@ def test_alpha_reruns_only_the_perturbations(explorer):
 
 def test_rapid_moves_compute_once_more_and_show_the_last_value(explorer):
     explorer.wait(60)
-    started = explorer._runner.started
+    started = explorer.controller._runner.started
     for i in range(100):
         explorer.theta = float(i % 50)
     explorer.theta = 17.0
     assert explorer.wait(120)
     # at most the computation already running plus one for the latest value
-    assert explorer._runner.started - started <= 2
+    assert explorer.controller._runner.started - started <= 2
     assert explorer.results["fusioncam"].params["theta"] == 17.0
     assert np.array_equal(_z(explorer.figures["fusioncam"]), explorer.results["fusioncam"].map)
 
@@ -145,8 +145,11 @@ def test_target_and_method_toggles(explorer):
     explorer.methods = ["gradcam", "scorecam"]
     assert explorer.wait(120)
     assert set(explorer.results) == {"gradcam", "scorecam"}
-    assert [p.method for p in explorer.maps_box.children] == ["gradcam", "scorecam"]
-    assert explorer.icam_box.layout.display == "none"
+    assert [p.spec.name for p in explorer.maps_box.children] == ["gradcam", "scorecam"]
+    # I-CAM's and Fusion-CAM's tabs leave with their methods
+    assert not {"I-CAM layers", "I-CAM perturbations", "Fusion-CAM"} & set(explorer.details.titles)
+    assert explorer.details.titles[-1] == "Display / export"
+    assert "icam_scores" not in explorer.figures
     # the UI path: clicking a method's toggle button
     explorer.method_toggles["xgradcam"].value = True
     assert explorer.methods == ["gradcam", "xgradcam", "scorecam"]
@@ -216,7 +219,7 @@ def test_user_model_with_torch_tensor_image():
 def test_maps_never_wait_for_metrics_and_stale_metrics_are_dropped(monkeypatch):
     import time
 
-    import camwidgets.widgets.explorer as explorer_module
+    import camwidgets.widgets.controller as explorer_module
 
     real_adcc = explorer_module.M.adcc
     calls = []
@@ -236,7 +239,7 @@ def test_maps_never_wait_for_metrics_and_stale_metrics_are_dropped(monkeypatch):
         time.sleep(0.01)
     # the new map is drawn while the metrics of the update are still being computed
     assert ex.map_updates == before + 1
-    assert ex._metrics_runner.busy
+    assert ex.controller._metrics_runner.busy
     ex.theta = 34  # supersedes the metrics still running
     assert ex.wait(120)
     assert ex.results["fusioncam"].params["theta"] == 34
@@ -262,7 +265,7 @@ def test_png_export_writes_one_png_per_visible_pane(explorer, tmp_path):
         pytest.skip("PNG export needs Chrome or Chromium (.ci/run installs Debian's chromium)")
     paths = explorer.export_png(tmp_path, scale=1)
     names = {p.stem for p in paths}
-    assert {"gradcam", "layercam", "icam", "fusioncam", "icam_scores", "fusion", "metrics"} <= names
+    assert {"gradcam", "layercam", "icam", "fusioncam", "icam_scores", "icam_maps", "perturbations", "fusion"} == names
     for p in paths:
         assert p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
@@ -292,14 +295,14 @@ def test_upload_control_accepts_png_then_rejects_text(explorer):
 
 
 def test_map_panes_are_built_only_for_shown_methods():
-    # every FigureWidget sends its own copy of plotly.js to the browser: build only what is shown
+    # a pane is built (and sent to the browser) only when it is shown
     ex = CAMExplorer(methods=["gradcam", "icam"], metrics=False)
     assert ex.wait(120)
-    assert set(ex.panes) == {"gradcam", "icam"}
+    assert set(ex.panes) == {"gradcam", "icam", "icam_scores", "icam_maps", "perturbations"}
     assert "layercam" not in ex.figures
     ex.methods = ["gradcam", "icam", "layercam"]
     assert ex.wait(120)
-    assert set(ex.panes) == {"gradcam", "icam", "layercam"}
+    assert set(ex.panes) == {"gradcam", "icam", "layercam", "icam_scores", "icam_maps", "perturbations"}
     assert np.array_equal(_z(ex.figures["layercam"]), ex.results["layercam"].map)
 
 
@@ -343,8 +346,8 @@ def test_slider_moves_during_real_metrics_never_collide_on_the_model():
     ex = CAMExplorer(methods=["gradcam", "icam", "fusioncam"], metrics=True, curves=True, curve_steps=10)
     assert ex.wait(120)
     errors = []
-    ex._runner._on_error = errors.append
-    ex._metrics_runner._on_error = errors.append
+    ex.controller._runner._on_error = errors.append
+    ex.controller._metrics_runner._on_error = errors.append
     for i in range(30):
         ex.alpha = round(0.1 + 0.01 * i, 2)
         if i % 3 == 0:
@@ -358,7 +361,7 @@ def test_slider_moves_during_real_metrics_never_collide_on_the_model():
 
 
 def test_a_stale_metric_stops_at_its_next_batch(monkeypatch):
-    import camwidgets.widgets.explorer as explorer_module
+    import camwidgets.widgets.controller as explorer_module
     from camwidgets.core._hooks import Cancelled, checkpoint
 
     real_adcc = explorer_module.M.adcc
@@ -382,7 +385,7 @@ def test_a_stale_metric_stops_at_its_next_batch(monkeypatch):
     ex = CAMExplorer(methods=["fusioncam"], metrics=True, curves=False)
     assert ex.wait(120)
     ex.theta = 33
-    while not outcome and not ex._metrics_runner.busy:
+    while not outcome and not ex.controller._metrics_runner.busy:
         time.sleep(0.01)
     time.sleep(0.3)  # the metrics of theta = 33 are in the long metric now
     ex.theta = 34
