@@ -2,7 +2,8 @@
 
 Builds ``CAMExplorer(model=<torchvision model with random weights>)`` on the bundled photo
 with its default methods and metrics, then polls the explorer until its status line is final,
-recording when each thing appeared: construction returned, the maps drawn, AD / IC, the
+recording when each thing appeared: construction returned, each method's map (``map:<method>``),
+all maps drawn, AD / IC, the
 insertion / deletion curves, ADCC, and the status texts the user saw on the way (with the
 second they appeared). CPU time of the process and the machine's load average before and
 after are printed beside the wall times.
@@ -36,6 +37,13 @@ def run(name: str, timeout: float) -> dict[str, Any]:
     t0, c0 = time.perf_counter(), time.process_time()
     ex = CAMExplorer(model=model, image="chelsea", preprocess=preprocess, class_names=classes)
     events: dict[str, float] = {"constructed": time.perf_counter() - t0}
+
+    def seen(event: str) -> None:  # each method's map pane, the moment its result arrives
+        if event == "map":
+            for m in ex.controller.results:
+                events.setdefault(f"map:{m}", time.perf_counter() - t0)
+
+    ex.controller.subscribe(seen)
     statuses: list[tuple[float, str]] = []
     last = ""
     try:

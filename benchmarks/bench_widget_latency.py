@@ -54,14 +54,14 @@ def _move(ex, trait: str, value: float, timeout: float = 120.0, overlap: float |
     if overlap is None:
         ex.wait(timeout)
     else:  # the previous move's maps are drawn; its metrics may still run
-        while ex._runner.busy:
+        while ex.controller._runner.busy:
             time.sleep(0.0005)
         time.sleep(overlap)
-    before, failed = ex.map_updates, ex._runner.last_error
+    before, failed = ex.map_updates, ex.controller._runner.last_error
     t0 = time.perf_counter()
     setattr(ex, trait, value)
     while ex.map_updates == before:
-        if ex._runner.last_error is not failed:
+        if ex.controller._runner.last_error is not failed:
             return float("nan")  # the update raised: the status line shows the error
         if time.perf_counter() - t0 > timeout:
             raise TimeoutError(f"{trait}={value}: no redraw in {timeout}s ({ex.message})")

@@ -460,6 +460,9 @@ class ExplorerController(HasTraits):
             self._emit("image")
         results: dict[str, Any] = {}
         for i, m in enumerate(methods):
+            if len(methods) > 1:  # which map the progress bar waits for (seconds each on a large model)
+                self._set_status(f"computing {html.escape(METHOD_LABELS[m])} ({i + 1}/{len(methods)})…",
+                                 0.1 + 0.6 * i / len(methods))
             results[m] = exp.explain(m, **self.method_params_for(m))
             self.results = {**self.results, m: results[m]}
             self.progress = 0.1 + 0.6 * (i + 1) / max(1, len(methods))

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import ipywidgets as widgets
+import numpy as np
 
 from ..viz import cam as vz
 from .controller import METHOD_LABELS, METRIC_COLUMNS
@@ -71,9 +72,14 @@ class PaneSpec:
         Whether the pane is part of the explorer now (e.g. only while its method is shown).
     inputs : callable(PaneContext) -> tuple
         The objects the figure is built from; the pane is redrawn when one of them is not the
-        object it was drawn from (scalars: when they differ).
+        object it was drawn from (scalars and numpy arrays: when their values differ).
     figure : callable(PaneContext) -> plotly Figure
         Builds the figure (pure).
+    update : callable(figure, PaneContext, inputs before) -> bool, optional
+        Writes the new data into the figure drawn last and returns True, or returns False when
+        the figure has to be built anew (e.g. another number of layers). Building a figure
+        validates every property (tens of ms for a grid of small maps); writing new arrays into
+        one is a few ms, which is what a slider move pays. None: always :attr:`figure`.
     """
 
     name: str
@@ -82,6 +88,7 @@ class PaneSpec:
     shown: Callable[[ExplorerController], bool]
     inputs: Callable[[PaneContext], tuple[Any, ...]]
     figure: Callable[[PaneContext], go.Figure]
+    update: Callable[[go.Figure, PaneContext, tuple[Any, ...]], bool] | None = None
 
 
 def _result(ctx: PaneContext, method: str) -> Any:
@@ -97,44 +104,95 @@ def map_pane(method: str) -> PaneSpec:
         return vz.map_figure(ctx.controller.image, None if r is None else r.map, label, ctx.opacity,
                              ctx.colorscale, size=MAP_SIZE, colorbar=True)
 
+    def update(fig: go.Figure, ctx: PaneContext, before: tuple[Any, ...]) -> bool:
+        r = _result(ctx, method)
+        if r is None:
+            return False
+        image = ctx.controller.image
+        vz.update_map_figure(fig, r.map, image=None if image is before[0] else image, opacity=ctx.opacity,
+                             colorscale=ctx.colorscale)
+        return True
+
     return PaneSpec(name=method, title=label, tab=None, shown=lambda c: method in c.methods,
                     inputs=lambda ctx: (ctx.controller.image, _result(ctx, method), ctx.opacity, ctx.colorscale),
-                    figure=figure)
+                    figure=figure, update=update)
 
 
 def _built(build: Callable[..., go.Figure], result: Any, **kw: Any) -> go.Figure:
     return build(result, **kw)
 
 
+def _writer(method: str, write: Callable[[go.Figure, Any], None],
+            fits: Callable[[tuple[Any, ...], Any, PaneContext], bool] = lambda before, new, ctx: True,
+            ) -> Callable[[go.Figure, PaneContext, tuple[Any, ...]], bool]:
+    """An ``update`` that writes ``method``'s new result into the figure when it ``fits`` the
+    figure drawn from the inputs ``before`` (``before[0]``: the old result or one of its arrays)."""
+
+    def update(fig: go.Figure, ctx: PaneContext, before: tuple[Any, ...]) -> bool:
+        new = _result(ctx, method)
+        if before[0] is None or new is None or not fits(before, new, ctx):
+            return False
+        write(fig, new)
+        return True
+
+    return update
+
+
+def _same_layers(before: tuple[Any, ...], new: Any, ctx: PaneContext) -> bool:
+    return tuple(before[0].candidate_layers) == tuple(new.candidate_layers)
+
+
+def _perturbation_inputs(icam: Any) -> tuple[Any, ...]:
+    if icam is None:
+        return (None,)
+    return (icam.perturbations, icam.perturbation_weights, icam.svim, icam.mds, icam.params.get("alpha"))
+
+
+def _write_metrics(fig: go.Figure, ctx: PaneContext) -> bool:
+    vz.update_metrics_figure(fig, {METHOD_LABELS.get(m, m): v for m, v in ctx.controller.metric_values.items()})
+    return True
+
+
 def _metrics_figure(ctx: PaneContext) -> go.Figure:
     fig = vz.metrics_figure(METRIC_COLUMNS)
-    rows = {METHOD_LABELS.get(m, m): v for m, v in ctx.controller.metric_values.items()}
-    vz.update_metrics_figure(fig, rows)
+    _write_metrics(fig, ctx)
     return fig
+
+
+def _write_curves(fig: go.Figure, ctx: PaneContext) -> bool:
+    vz.update_curves_figure(fig, {METHOD_LABELS.get(m, m): v for m, v in ctx.controller.curves.items()})
+    return True
 
 
 def _curves_figure(ctx: PaneContext) -> go.Figure:
     fig = vz.curves_figure()
-    vz.update_curves_figure(fig, {METHOD_LABELS.get(m, m): v for m, v in ctx.controller.curves.items()})
+    _write_curves(fig, ctx)
     return fig
 
 
 #: The detail panes, in the order of their tabs (the map panes come from :func:`map_pane`).
 PANES: tuple[PaneSpec, ...] = (
     PaneSpec("icam_scores", "I-CAM layers", "I-CAM layers", lambda c: "icam" in c.methods,
-             lambda ctx: (_result(ctx, "icam"),), lambda ctx: _built(vz.layer_scores_figure, _result(ctx, "icam"))),
+             lambda ctx: (_result(ctx, "icam"),), lambda ctx: _built(vz.layer_scores_figure, _result(ctx, "icam")),
+             _writer("icam", vz.update_layer_scores_figure, _same_layers)),
     PaneSpec("icam_maps", "I-CAM per-layer maps", "I-CAM layers", lambda c: "icam" in c.methods,
-             lambda ctx: (_result(ctx, "icam"),), lambda ctx: _built(vz.layer_maps_figure, _result(ctx, "icam"))),
+             lambda ctx: (_result(ctx, "icam"),), lambda ctx: _built(vz.layer_maps_figure, _result(ctx, "icam")),
+             _writer("icam", vz.update_layer_maps_figure, _same_layers)),
+    # Redrawn when α, n or the seed change the perturbations, not on every T or bias step.
     PaneSpec("perturbations", "I-CAM perturbations", "I-CAM perturbations", lambda c: "icam" in c.methods,
-             lambda ctx: (_result(ctx, "icam"),),
-             lambda ctx: _built(vz.perturbations_figure, _result(ctx, "icam"))),
+             lambda ctx: _perturbation_inputs(_result(ctx, "icam")),
+             lambda ctx: _built(vz.perturbations_figure, _result(ctx, "icam")),
+             _writer("icam", vz.update_perturbations_figure,
+                     lambda before, new, ctx: before[0].shape == new.perturbations.shape)),
     PaneSpec("fusion", "Fusion-CAM components", "Fusion-CAM", lambda c: "fusioncam" in c.methods,
              lambda ctx: (_result(ctx, "fusioncam"), ctx.colorscale),
-             lambda ctx: _built(vz.fusion_figure, _result(ctx, "fusioncam"), colorscale=ctx.colorscale)),
+             lambda ctx: _built(vz.fusion_figure, _result(ctx, "fusioncam"), colorscale=ctx.colorscale),
+             _writer("fusioncam", vz.update_fusion_figure, lambda before, new, ctx: before[1] == ctx.colorscale)),
     PaneSpec("metrics", "Metrics", "Metrics", lambda c: c.compute_metrics,
-             lambda ctx: (ctx.controller.metric_values,), _metrics_figure),
+             lambda ctx: (ctx.controller.metric_values,), _metrics_figure,
+             lambda fig, ctx, _: _write_metrics(fig, ctx)),
     PaneSpec("curves", "Insertion / deletion", "Metrics", lambda c: c.compute_metrics and c.compute_curves,
-             lambda ctx: (ctx.controller.curves,), _curves_figure),
+             lambda ctx: (ctx.controller.curves,), _curves_figure, lambda fig, ctx, _: _write_curves(fig, ctx)),
 )
 
 
@@ -154,10 +212,20 @@ def figure_bundle(fig: go.Figure) -> dict[str, Any]:
             "data": {MIMETYPE: spec, "text/plain": f"<Plotly figure: {title}>"}}
 
 
+def _same_input(x: Any, y: Any) -> bool:
+    if x is y:
+        return True
+    if isinstance(x, (int, float, str)):
+        return bool(x == y)
+    if isinstance(x, np.ndarray) and isinstance(y, np.ndarray):  # (e.g. a new result viewing the same stage)
+        return x.shape == y.shape and x.dtype == y.dtype and bool(np.array_equal(x, y))
+    return False
+
+
 def _same(a: tuple[Any, ...] | None, b: tuple[Any, ...]) -> bool:
     if a is None or len(a) != len(b):
         return False
-    return all(x is y or (isinstance(x, (int, float, str)) and x == y) for x, y in zip(a, b, strict=True))
+    return all(_same_input(x, y) for x, y in zip(a, b, strict=True))
 
 
 @dataclass
@@ -195,9 +263,12 @@ class PaneView(widgets.Output):
     def draw(self, ctx: PaneContext, force: bool = False) -> bool:
         """Build and show the figure if what it reads changed (or ``force``); returns whether it drew."""
         inputs = self.spec.inputs(ctx)
-        if not force and _same(self._drawn.inputs, inputs):
+        before = self._drawn.inputs
+        if not force and _same(before, inputs):
             return False
-        fig = self.spec.figure(ctx)
+        fig = self._drawn.figure
+        if force or fig is None or before is None or self.spec.update is None or not self.spec.update(fig, ctx, before):
+            fig = self.spec.figure(ctx)
         self.outputs = (figure_bundle(fig),)
         self._drawn = _Drawn(inputs, fig, self._drawn.draws + 1)
         return True
