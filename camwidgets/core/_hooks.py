@@ -34,6 +34,10 @@ Design (what the tests check):
   run the compiled model.
 * A captured layer that no gradient reaches (its output is not on the autograd path to
   the logits) raises ``ValueError`` naming the layer; a zero gradient is never made up.
+* Vision transformers: with ``reshape="auto"`` (what the explainer passes) a layer's token
+  sequence ``(N, T, C)`` or channels-last map ``(N, H', W', C)`` is folded to ``(N, C, h, w)``
+  (:mod:`camwidgets.core.tokens`), and its gradient, taken with respect to the layer's own
+  output, is folded by the same function; a user's ``reshape`` callable is applied the same way.
 * Long loops call :func:`checkpoint` between batches: inside :func:`cancel_when`, a
   computation that is no longer wanted raises :class:`Cancelled` there, with its hooks
   removed and modes restored like any other exception.
@@ -46,12 +50,15 @@ import threading
 import weakref
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
+from typing import Literal
 
 import torch
 from torch import nn
 
-__all__ = ["Cancelled", "Capture", "batch_logits", "cancel_when", "capture", "checkpoint", "eval_mode",
+from .tokens import Layout, Reshape, check_folded, infer_layout
+
+__all__ = ["Cancelled", "Capture", "ReshapeSpec", "batch_logits", "cancel_when", "capture", "checkpoint", "eval_mode",
            "forward_hooks", "model_device", "model_dtype", "model_lock", "target_scores", "unwrap_model"]
 
 _ORIG = "_orig_mod"  # where torch.compile's OptimizedModule keeps the module it wraps
@@ -332,6 +339,10 @@ class Capture:
         ``g = dS_c/dA`` at each layer (empty if no gradients were asked for).
     input_grad : Tensor (N, 3, H, W) or None
         ``dS_c/dx`` with respect to the normalised model input.
+    layouts : dict name -> Layout
+        How each layer's output was folded into ``(N, K, h, w)`` (``reshape`` given; a
+        ``"nchw"`` layout for outputs used as they are). Without ``reshape`` it is empty and
+        activations are the layers' outputs as they are.
     """
 
     logits: torch.Tensor
@@ -339,6 +350,37 @@ class Capture:
     activations: dict[str, torch.Tensor]
     gradients: dict[str, torch.Tensor]
     input_grad: torch.Tensor | None
+    layouts: dict[str, Layout] = field(default_factory=dict)
+
+
+#: What :func:`capture` does with a layer's output: None keeps it as it is, ``"auto"`` folds token
+#: sequences and channels-last maps (:func:`camwidgets.core.tokens.infer_layout`), a callable is the
+#: user's fold (tokens in, ``(N, C, h, w)`` out).
+ReshapeSpec = Literal["auto"] | Reshape | None
+
+
+def _folds(reshape: ReshapeSpec, outputs: Mapping[str, torch.Tensor], size: Sequence[int],
+           model: nn.Module) -> dict[str, tuple[Callable[[torch.Tensor], torch.Tensor], Layout]]:
+    """The fold of every layer output that ``reshape`` turns into a feature map, and its layout."""
+    folds: dict[str, tuple[Callable[[torch.Tensor], torch.Tensor], Layout]] = {}
+    if reshape is None:
+        return folds
+    for name, t in outputs.items():
+        shape = tuple(int(s) for s in t.shape[1:])
+        if callable(reshape):
+            user = reshape
+
+            def fold(u: torch.Tensor, name: str = name, user: Reshape = user) -> torch.Tensor:
+                return check_folded(name, u, user(u))
+
+            folds[name] = (fold, Layout("custom", shape, (0, 0)))  # the grid is known once folded
+        elif reshape == "auto":
+            layout = infer_layout(t.shape, size, model)
+            if layout is not None:
+                folds[name] = (layout.fold, layout)
+        else:
+            raise ValueError(f"reshape must be None, 'auto' or a callable, got {reshape!r}.")
+    return folds
 
 
 def target_scores(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -382,7 +424,7 @@ def capture(model: nn.Module, x: torch.Tensor, layers: Sequence[str],
             target: int | Sequence[int] | torch.Tensor | None = None, *,
             gradients: bool | Callable[[Mapping[str, torch.Tensor]], Sequence[str]] = True,
             input_grad: bool = False,
-            check_target: bool = True, drop_reused: bool = False) -> Capture:
+            check_target: bool = True, drop_reused: bool = False, reshape: ReshapeSpec = None) -> Capture:
     """One forward and (if asked) one backward pass recording ``A`` and ``dS_c/dA`` at ``layers``.
 
     Parameters
@@ -415,6 +457,14 @@ def capture(model: nn.Module, x: torch.Tensor, layers: Sequence[str],
         ``ValueError`` (for automatically chosen layers, e.g.
         :func:`~camwidgets.core.layers.candidate_layers`; a layer the user named should
         raise). Every layer running more than once still raises.
+    reshape : None, "auto" or callable
+        None records the layers' outputs as they are. ``"auto"`` folds token sequences
+        ``(N, T, C)`` and channels-last maps ``(N, H', W', C)`` into ``(N, C, h, w)``
+        (:func:`camwidgets.core.tokens.infer_layout`, with this input's size); outputs it
+        does not recognise are kept as they are. A callable (tokens in, ``(N, C, h, w)``
+        out, like pytorch-grad-cam's ``reshape_transform``) folds every layer. Gradients
+        are taken with respect to the layer's output and folded by the same function;
+        ``gradients``' callable sees the folded activations.
 
     Returns
     -------
@@ -446,7 +496,13 @@ def capture(model: nn.Module, x: torch.Tensor, layers: Sequence[str],
                 "Wrap the model so that it returns the class scores."
             )
         targets = _targets(logits.detach(), target) if check_target else logits.argmax(1)
-        acts = {n: t for n, t in store.items() if isinstance(t, torch.Tensor)}
+        raw = {n: t for n, t in store.items() if isinstance(t, torch.Tensor)}
+        folds = _folds(reshape, raw, xin.shape[-2:], model)
+
+        def folded(name: str, t: torch.Tensor) -> torch.Tensor:
+            return folds[name][0](t) if name in folds else t
+
+        acts = {n: folded(n, t.detach()) for n, t in raw.items()}
         grads: dict[str, torch.Tensor] = {}
         xgrad = None
         if need_grad:
@@ -456,7 +512,7 @@ def capture(model: nn.Module, x: torch.Tensor, layers: Sequence[str],
                 names = [n for n in acts if n in wanted]
             else:
                 names = list(acts) if gradients else []
-            inputs = [acts[n] for n in names] + ([xin] if input_grad else [])
+            inputs = [raw[n] for n in names] + ([xin] if input_grad else [])
             # A tensor outside the graph (no requires_grad) gets None like an unused one.
             linked = [i for i, t in enumerate(inputs) if t.requires_grad]
             out: list[torch.Tensor | None] = [None] * len(inputs)
@@ -470,17 +526,21 @@ def capture(model: nn.Module, x: torch.Tensor, layers: Sequence[str],
             if input_grad and out[-1] is None:
                 raise ValueError(_unreachable("the model input"))
             found = [g.detach() for g in out if g is not None]  # all of them, checked above
-            grads = dict(zip(names, found, strict=False))
+            grads = {n: folded(n, g) for n, g in zip(names, found, strict=False)}
             if input_grad:
                 xgrad = found[-1]
         result = Capture(
             logits=logits.detach(),
             targets=targets.detach(),
-            activations={n: t.detach() for n, t in acts.items()},
+            activations=acts,
             gradients=grads,
             input_grad=xgrad,
+            layouts={n: layout if layout.kind != "custom" else
+                     replace(layout, grid=(int(acts[n].shape[-2]), int(acts[n].shape[-1])))
+                     for n, (_, layout) in folds.items() if n in acts},
         )
         store.clear()
+        raw.clear()
     return result
 
 

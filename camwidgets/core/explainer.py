@@ -110,11 +110,12 @@ from torch import nn
 
 from . import _ops
 from . import fusion as _fusion
-from ._hooks import batch_logits, capture, model_device, model_dtype
+from ._hooks import ReshapeSpec, batch_logits, capture, model_device, model_dtype
 from .image import ImageLike, load_image
 from .layers import LayerSpec, candidate_layers, default_layer, resolve_layer, resolve_layers
 from .preprocess import PreprocessLike, as_preprocess
 from .results import CAMResult, freeze_array
+from .tokens import Layout, Reshape
 
 __all__ = ["DEFAULT_STAGE_LIMIT", "STAGE_LIMITS", "Explainer", "explain_batch", "stage_kind", "stage_limit"]
 
@@ -229,6 +230,20 @@ class Explainer:
         as it is** (no resize) with identity normalisation, ``x = img``: pass the
         model's :class:`~camwidgets.core.preprocess.Preprocess` (e.g. from
         ``load_demo_model()``) unless the model takes raw ``[0, 1]`` pixels.
+    reshape : callable or None
+        How a layer's output becomes the feature map ``(N, K, h, w)`` CAMs work on.
+        **None finds it** (:mod:`camwidgets.core.tokens`): a CNN's ``(N, K, h, w)`` is used
+        as it is; a vision transformer's tokens ``(N, p + h·w, C)`` lose their ``p`` leading
+        class / register tokens and are folded into the ``h x w`` patch grid (from the
+        model's ``patch_size`` when it has one, else from the token count and the input's
+        aspect ratio); a channels-last map ``(N, h, w, C)`` (Swin) is permuted. A callable
+        replaces that for every layer: it receives a layer's output ``(N, ...)`` and returns
+        ``(N, K, h, w)``, like pytorch-grad-cam's ``reshape_transform``, e.g.
+        ``lambda t: t[:, 1:, :].reshape(t.shape[0], 7, 7, t.shape[-1]).permute(0, 3, 1, 2)``
+        for ``vit_b_32`` at 224 px. It must only select, reshape and permute entries: the
+        same function folds the layer's gradient. Ablation-CAM and Recipro-CAM, which
+        replace a layer's output, need the automatic fold (``reshape=None``) on layers
+        that are not already ``(N, K, h, w)``.
 
     Attributes
     ----------
@@ -239,7 +254,7 @@ class Explainer:
     logits : ndarray (num_classes,)
         ``S(x)``.
     candidate_layers : tuple of str
-        Candidate layers with a 4-D output, in forward order.
+        Candidate layers with a 4-D feature map (after the fold, see ``reshape``), in forward order.
     default_layer : str
         The last candidate layer.
     image : Tensor (3, H, W)
@@ -257,7 +272,8 @@ class Explainer:
     """
 
     def __init__(self, model: nn.Module, image: ImageLike, target: int | None = None,
-                 layers: str | Sequence[LayerSpec] = "auto", preprocess: PreprocessLike = None) -> None:
+                 layers: str | Sequence[LayerSpec] = "auto", preprocess: PreprocessLike = None,
+                 reshape: Reshape | None = None) -> None:
         if not isinstance(model, nn.Module):
             raise ValueError(f"model must be a torch.nn.Module, got {type(model).__name__}.")
         n = _is_batch(image)
@@ -268,6 +284,10 @@ class Explainer:
                 "and explains every image with its own target."
             )
         preprocess = as_preprocess(preprocess)  # a camwidgets Preprocess, a torchvision transform, or None
+        if reshape is not None and not callable(reshape):
+            raise ValueError(f"reshape must be None (found automatically) or a callable mapping a layer's output "
+                             f"to (N, C, h, w), got {type(reshape).__name__}.")
+        self._reshape: ReshapeSpec = reshape if reshape is not None else "auto"
         tgt = _check_target(target)
         n_static = _static_num_classes(model) if tgt is not None else None
         if tgt is not None and n_static is not None and tgt >= n_static:
@@ -307,13 +327,16 @@ class Explainer:
             return usable[-1:]
 
         # "auto" leaves out modules that run twice in one forward; a layer the user named must not.
-        cap = capture(model, self._x, cands, tgt, gradients=default_only, drop_reused=isinstance(layers, str))
+        cap = capture(model, self._x, cands, tgt, gradients=default_only, drop_reused=isinstance(layers, str),
+                      reshape=self._reshape)
         kept = [n for n in cands if self._usable(cap.activations.get(n), strict)]
         if not isinstance(layers, str) and len(kept) < len(cands):
             bad = [n for n in cands if n not in kept]
             raise ValueError(
-                f"Layer(s) {bad} do not output a 4-D feature map (N, K, h, w); pass convolutional layers "
-                f"or blocks, e.g. {candidate_layers(model)[-2:] if _has_any_conv(model) else '...'}."
+                f"Layer(s) {bad} do not output a 4-D feature map (N, K, h, w) (nor a token sequence (N, T, C) with "
+                "a recognisable patch grid, nor a channels-last map (N, h, w, C)); pass convolutional layers "
+                f"or blocks, e.g. {candidate_layers(model)[-2:] if _has_any_conv(model) else '...'}, transformer "
+                "blocks, or a reshape= callable that folds the layer's output into (N, C, h, w)."
             )
         if not kept:
             h, w = int(self._x.shape[-2]), int(self._x.shape[-1])
@@ -329,6 +352,7 @@ class Explainer:
         self._probs64 = torch.softmax(self._logits.double(), dim=0)
         self._probs = self._probs64.to(self._logits.dtype)
         self._acts: dict[str, torch.Tensor] = {n: cap.activations[n][0] for n in kept}
+        self._layouts: dict[str, Layout] = {n: cap.layouts[n] for n in kept if n in cap.layouts}
         self._grads: dict[str, torch.Tensor] = {n: g[0] for n, g in cap.gradients.items()}
         self._input_grad: torch.Tensor | None = None
         # The staged cache: one LRU per stage kind (stage_kind), bounded by stage_limit or a stage's keep=.
@@ -448,18 +472,20 @@ class Explainer:
             bad = self._not_4d
             a = None
             if name not in bad:  # a layer found not 4-D is not run again to find out
-                cap = capture(self._model, self._x, [name], self._target)
+                cap = capture(self._model, self._x, [name], self._target, reshape=self._reshape)
                 a = cap.activations.get(name)
             if a is None or a.dim() != 4:
                 if name not in bad:
                     bad[name] = "no tensor" if a is None else f"shape {tuple(a.shape)}"
                 raise ValueError(
-                    f"Layer {name!r} does not output a 4-D feature map (N, K, h, w) (got {bad[name]}); "
-                    "choose a convolutional layer or block, e.g. one of "
-                    f"{list(self._candidates[-4:])}."
+                    f"Layer {name!r} does not output a 4-D feature map (N, K, h, w) (got {bad[name]}), nor a "
+                    "token sequence or channels-last map camwidgets can fold into one; choose a convolutional "
+                    f"layer or block, e.g. one of {list(self._candidates[-4:])}, or pass reshape=... ."
                 )
             self._acts[name] = a[0]
             self._grads[name] = cap.gradients[name][0]
+            if name in cap.layouts:
+                self._layouts[name] = cap.layouts[name]
         return name
 
     def _finish(self, raw: torch.Tensor) -> torch.Tensor:
@@ -544,6 +570,23 @@ class Explainer:
         """
         return self._layer(layer)
 
+    @property
+    def reshape(self) -> ReshapeSpec:
+        """What folds a layer's output into ``(N, K, h, w)``: ``"auto"`` or the user's callable.
+
+        Pass it as ``reshape=`` to :func:`~camwidgets.core._hooks.capture` so that a method's
+        own passes see the layers as the explainer does."""
+        return self._reshape
+
+    def layout(self, layer: str) -> Layout:
+        """How the layer's output was folded into its feature map (:class:`~camwidgets.core.tokens.Layout`)."""
+        name = self._layer(layer)
+        found = self._layouts.get(name)
+        if found is None:
+            a = self._acts[name]
+            found = Layout("nchw", tuple(int(s) for s in a.shape), (int(a.shape[-2]), int(a.shape[-1])))
+        return found
+
     def activation(self, layer: str) -> torch.Tensor:
         """``A`` of a layer for the image: ``(K, h, w)`` (the layer must come from :meth:`layer_name`)."""
         return self._acts[self._layer(layer)]
@@ -569,7 +612,8 @@ class Explainer:
 
     def _capture_all_gradients(self) -> None:
         """One forward + full backward: every candidate layer's ``dS_c/dA`` and ``dS_c/dx``."""
-        cap = capture(self._model, self._x, list(self._candidates), self._target, input_grad=True)
+        cap = capture(self._model, self._x, list(self._candidates), self._target, input_grad=True,
+                      reshape=self._reshape)
         for n in self._candidates:
             self._grads.setdefault(n, cap.gradients[n][0])
         assert cap.input_grad is not None
@@ -749,7 +793,8 @@ def _generic_candidates(model: nn.Module, cands: Sequence[str]) -> bool:
 def explain_batch(model: nn.Module, images: Any, method: str = "gradcam",
                   targets: int | Sequence[int | None] | None = None, *,
                   layers: str | Sequence[LayerSpec] = "auto",
-                  preprocess: PreprocessLike = None, **params: Any) -> list[CAMResult]:
+                  preprocess: PreprocessLike = None, reshape: Reshape | None = None,
+                  **params: Any) -> list[CAMResult]:
     """Explain every image of a batch, each with its own target (one :class:`Explainer` each).
 
     Parameters
@@ -760,7 +805,7 @@ def explain_batch(model: nn.Module, images: Any, method: str = "gradcam",
         An :class:`Explainer` method name, e.g. ``"gradcam"`` or ``"fusioncam"``.
     targets : None, int or sequence of N (int or None)
         None explains each image's predicted class; an int explains that class for all.
-    layers, preprocess
+    layers, preprocess, reshape
         As for :class:`Explainer`.
     **params
         Passed to the method.
@@ -790,6 +835,6 @@ def explain_batch(model: nn.Module, images: Any, method: str = "gradcam",
     preprocess = as_preprocess(preprocess)
     out = []
     for item, t in zip(items, tlist, strict=True):
-        exp = Explainer(model, item, target=t, layers=layers, preprocess=preprocess)
+        exp = Explainer(model, item, target=t, layers=layers, preprocess=preprocess, reshape=reshape)
         out.append(getattr(exp, method)(**params))
     return out

@@ -1,6 +1,7 @@
-"""Which layers of a CNN a CAM can explain, found at block granularity.
+"""Which layers of a CNN (or vision transformer) a CAM can explain, found at block granularity.
 
-A *candidate layer* is a module whose output is a 4-D feature map ``(N, K, h, w)``
+A *candidate layer* is a module whose output is a feature map ``(N, K, h, w)`` -- or a
+token sequence / channels-last map that :mod:`camwidgets.core.tokens` folds into one --
 and that ends a block of the network:
 
 ============================  ==============================================================
@@ -13,6 +14,14 @@ MobileNet v2 / v3             every inverted-residual block, then the last 1x1 h
 EfficientNet (v1 / v2)        every ``MBConv`` / ``FusedMBConv``, then the last 1x1 head conv
 RegNet                        every ``ResBottleneckBlock``
 ConvNeXt                      every ``CNBlock``
+ViT (torchvision)             every ``EncoderBlock`` but the last (``encoder.layers.encoder_layer_0``
+                              …), then the last block's first LayerNorm
+                              (``encoder.layers.encoder_layer_11.ln_1`` for ``vit_b_*``); tokens
+                              ``(N, 1 + h·w, C)``, folded to ``(N, C, h, w)``
+Swin / Swin v2                every ``SwinTransformerBlock`` / ``SwinTransformerBlockV2``
+                              (``features.1.0`` … ``features.7.1``); channels-last maps
+                              ``(N, h, w, C)``, permuted
+MaxViT                        every ``MaxVitLayer`` (``blocks.0.layers.0`` …; already ``(N, C, h, w)``)
 anything else                 every module inside a ``Sequential`` / ``ModuleList`` (recursing
                               into containers only) or directly under the model, keeping only
                               the last of a conv → norm → activation run; the capture then drops
@@ -40,6 +49,17 @@ For MobileNet and EfficientNet the final ``Conv2dNormActivation`` of ``features`
 is the layer CAM users pick for these models (the last inverted-residual block is a
 linear bottleneck without activation).
 
+Vision transformers. A ViT classifies from its class token alone: after the last block
+only the class token reaches the head (through the final LayerNorm, which works per
+token), so the gradient of the class score with respect to the last block's *patch*
+tokens is exactly zero and every gradient CAM of that layer is empty. The last candidate,
+and so the default layer, is therefore the last block's first LayerNorm (``ln_1``, the
+input of the last self-attention, whose keys and values are the patch tokens): the layer
+pytorch-grad-cam's vision-transformer tutorial and README use
+(``target_layers = [model.blocks[-1].norm1]`` for timm's ViT, the same module as
+torchvision's ``encoder_layer_11.ln_1``), for this reason. For Swin the head averages
+every position of the last stage, so its last block is the default layer, as for a CNN.
+
 Candidates are listed in forward order; the *default single layer* is the last one.
 """
 
@@ -65,7 +85,18 @@ _NORMS = (nn.BatchNorm2d, nn.GroupNorm, nn.InstanceNorm2d, nn.LayerNorm)
 
 def _block_types() -> tuple[tuple[type, ...], tuple[type, ...]]:
     """``(block classes, classes whose models get the head conv appended)`` of torchvision."""
-    from torchvision.models import convnext, densenet, efficientnet, mobilenetv2, mobilenetv3, regnet, resnet
+    from torchvision.models import (
+        convnext,
+        densenet,
+        efficientnet,
+        maxvit,
+        mobilenetv2,
+        mobilenetv3,
+        regnet,
+        resnet,
+        swin_transformer,
+        vision_transformer,
+    )
 
     blocks: tuple[type, ...] = (
         resnet.BasicBlock, resnet.Bottleneck,
@@ -74,6 +105,9 @@ def _block_types() -> tuple[tuple[type, ...], tuple[type, ...]]:
         efficientnet.MBConv, efficientnet.FusedMBConv,
         regnet.ResBottleneckBlock,
         convnext.CNBlock,
+        vision_transformer.EncoderBlock,
+        swin_transformer.SwinTransformerBlock,  # SwinTransformerBlockV2 is a subclass
+        maxvit.MaxVitLayer,
     )
     with_head = (mobilenetv2.InvertedResidual, mobilenetv3.InvertedResidual,
                  efficientnet.MBConv, efficientnet.FusedMBConv)
@@ -111,6 +145,13 @@ def _known_blocks(model: nn.Module) -> list[str]:
         if (isinstance(features, nn.Sequential) and isinstance(features[-1], Conv2dNormActivation)
                 and id(features[-1]) not in shared):
             names.append(f"features.{len(features) - 1}")
+    if names:
+        from torchvision.models.vision_transformer import EncoderBlock
+
+        last = model.get_submodule(names[-1])
+        if isinstance(last, EncoderBlock):
+            # Only the class token of the last block reaches the head: its patch tokens' gradient is 0.
+            names[-1] = f"{names[-1]}.ln_1"
     return names
 
 

@@ -111,7 +111,9 @@ def scorecam_masks(activation: torch.Tensor, size: tuple[int, int], eps: float =
 
 def substituted_layer_passes(model: nn.Module, x: torch.Tensor, layer: str, chunks: Sequence[torch.Tensor],
                              features: Callable[[torch.Tensor], torch.Tensor],
-                             reduce: Callable[[torch.Tensor], torch.Tensor]) -> tuple[torch.Tensor, int]:
+                             reduce: Callable[[torch.Tensor], torch.Tensor], *,
+                             unfold: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+                             ) -> tuple[torch.Tensor, int]:
     """Run the network after ``layer`` on batches of replacement feature maps, the part before it on one image.
 
     For each ``idx`` of ``chunks`` (``N = len(idx)``): ``features(idx)`` gives ``N`` feature maps
@@ -119,7 +121,10 @@ def substituted_layer_passes(model: nn.Module, x: torch.Tensor, layer: str, chun
     the network may modify it in place) in place of the layer's output while the model runs on
     ``x`` ``(1, 3, H, W)``; ``reduce(logits)`` turns the ``(N, C)`` output into what is kept
     (e.g. the target's logit or probability, ``(N,)``). See the module docstring for the
-    single-image prefix and its fallback (the input repeated ``N`` times).
+    single-image prefix and its fallback (the input repeated ``N`` times). For a layer whose
+    output is not ``(N, K, h, w)`` (tokens, channels-last), ``unfold(maps, output)`` puts the
+    feature maps back into the layer's own layout (:meth:`camwidgets.core.tokens.Layout.unfold`,
+    the class token taken from the layer's real output).
 
     The model's lock (:func:`~camwidgets.core._hooks.model_lock`) is held from before the
     hook is registered until after it is removed (also on error or cancellation: no other
@@ -142,7 +147,8 @@ def substituted_layer_passes(model: nn.Module, x: torch.Tensor, layer: str, chun
     def hook(mod: nn.Module, args: object, output: object) -> torch.Tensor:
         # Made afresh at each call: the rest of the network may modify it in place (``out += identity``),
         # and a refused single-image attempt is followed by a second pass of the same chunk.
-        return features(state["idx"]).to(dtype)
+        maps = features(state["idx"]).to(dtype)
+        return unfold(maps, output) if unfold is not None and isinstance(output, torch.Tensor) else maps
 
     outputs: list[torch.Tensor] = []
     broadcast_prefix = True
@@ -266,7 +272,8 @@ def scorecam_weights(model: nn.Module, x: torch.Tensor, activation: torch.Tensor
 
 def ablationcam_weights(model: nn.Module, x: torch.Tensor, layer: str, activation: torch.Tensor,
                         target: int, score: float, *, batch_size: int = 32,
-                        skip_zero: bool = True) -> RegionWeights:
+                        skip_zero: bool = True,
+                        unfold: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None) -> RegionWeights:
     """Ablation-CAM channel weights ``w_k = (y − y_k) / y``, batched.
 
     Parameters
@@ -286,6 +293,8 @@ def ablationcam_weights(model: nn.Module, x: torch.Tensor, layer: str, activatio
         Ablated channels per forward pass.
     skip_zero : bool
         Skip all-zero channels when the ablation value is 0 (exact: ``y_k = y``).
+    unfold : callable or None
+        For a folded layer (tokens, channels-last): see :func:`substituted_layer_passes`.
 
     Returns
     -------
@@ -313,7 +322,7 @@ def ablationcam_weights(model: nn.Module, x: torch.Tensor, layer: str, activatio
 
     chunks = [run[start:start + batch_size] for start in range(0, int(run.numel()), batch_size)]
     logits, passes = substituted_layer_passes(model, x, layer, chunks, ablated,
-                                              lambda out: out[:, target].float())
+                                              lambda out: out[:, target].float(), unfold=unfold)
     if chunks:
         scores[run] = logits
     y = float(score)

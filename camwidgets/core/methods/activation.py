@@ -124,8 +124,23 @@ def find_gap_linear_head(model: nn.Module, activation: torch.Tensor, logits: tor
 def cam(exp: Explainer, *, layer: str, relu: bool) -> CAMResult:
     """CAM: ``M = sum_k W[c, k] A_k`` with the model's GAP + linear head (checked on the image)."""
     a = exp.activation(layer)
-    head: GapLinearHead = exp.stage(
-        ("cam-head", layer), lambda: find_gap_linear_head(exp.model, a, exp.logits_tensor, layer))
+    layout = exp.layout(layer)
+    if layout.kind == "tokens" and layout.prefix:
+        raise ValueError(
+            f"CAM needs a GAP + linear head after the layer, but {layer!r} is a vision transformer's token sequence "
+            f"({layout.describe()}): the model classifies from its class token, not from a global average pool of "
+            f"the patch tokens, so no head weight belongs to a patch and CAM is undefined here. {_GRADCAM_HINT}")
+
+    def find() -> GapLinearHead:
+        try:
+            return find_gap_linear_head(exp.model, a, exp.logits_tensor, layer)
+        except ValueError as err:
+            if not layout.folded:
+                raise
+            raise ValueError(f"{err} The layer is a transformer's {layout.describe()}: a LayerNorm (or a class "
+                             "token) between it and the head also breaks CAM's GAP + linear structure.") from None
+
+    head: GapLinearHead = exp.stage(("cam-head", layer), find)
     w = head.weight[exp.target].to(a.device, a.dtype)
     signed = (w[:, None, None] * a).sum(dim=-3)
     raw = torch.relu(signed) if relu else signed

@@ -38,6 +38,7 @@ Group-CAM (Zhang, Rao & Yang 2021; official code github.com/wofmanaf/Group-CAM)
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -50,6 +51,7 @@ from ..region import substituted_layer_passes
 from ..results import RegionCAMResult, freeze_array
 from ._params import BATCH_SIZE, LAYER
 from ._spec import Method, Param
+from .region import substitution_unfold
 
 if TYPE_CHECKING:
     from ..explainer import Explainer
@@ -87,7 +89,9 @@ def reciprocam_features(activation: torch.Tensor, positions: torch.Tensor, varia
 
 
 def reciprocam_scores(model: nn.Module, x: torch.Tensor, layer: str, activation: torch.Tensor, target: int, *,
-                      variant: str = "plain", batch_size: int = 64) -> tuple[torch.Tensor, int]:
+                      variant: str = "plain", batch_size: int = 64,
+                      unfold: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+                      ) -> tuple[torch.Tensor, int]:
     """``softmax(S(A^p))_c`` for every position ``p`` ``(h * w,)`` (float32) and the forward passes run.
 
     Parameters
@@ -104,6 +108,9 @@ def reciprocam_scores(model: nn.Module, x: torch.Tensor, layer: str, activation:
     variant : {"plain", "gaussian"}
     batch_size : int
         Masked feature maps per forward pass.
+    unfold : callable or None
+        For a folded layer (tokens, channels-last): the masked maps back in the layer's layout
+        (:func:`camwidgets.core.region.substituted_layer_passes`).
     """
     if variant not in ("plain", "gaussian"):
         raise ValueError(f"Recipro-CAM variant must be 'plain' or 'gaussian', got {variant!r}.")
@@ -115,7 +122,7 @@ def reciprocam_scores(model: nn.Module, x: torch.Tensor, layer: str, activation:
     chunks = [positions[s:s + batch_size] for s in range(0, int(positions.numel()), batch_size)]
     probs, passes = substituted_layer_passes(
         model, x, layer, chunks, lambda idx: reciprocam_features(act, idx, variant),
-        lambda logits: torch.softmax(logits.double(), dim=1)[:, target].float())
+        lambda logits: torch.softmax(logits.double(), dim=1)[:, target].float(), unfold=unfold)
     return probs, passes
 
 
@@ -125,7 +132,7 @@ def reciprocam(exp: Explainer, *, layer: str, variant: str, batch_size: int) -> 
 
     def stage() -> Any:
         return reciprocam_scores(exp.model, exp.input_tensor, layer, a, exp.target, variant=variant,
-                                 batch_size=batch_size)
+                                 batch_size=batch_size, unfold=substitution_unfold(exp, layer))
 
     probs, passes = exp.stage(("reciprocam-scores", layer, variant), stage)
     raw = probs.reshape(a.shape[1], a.shape[2]).to(a.device)

@@ -42,7 +42,7 @@ def _perturbation_stage(exp: Explainer, alpha: float, n: int, seed: int) -> dict
 
     def compute() -> dict[str, Any]:
         pert = _icam.perturb(exp.image_tensor, alpha, n, seed).to(exp.device)
-        cap = capture(exp.model, exp.normalize(pert), cands, exp.target)
+        cap = capture(exp.model, exp.normalize(pert), cands, exp.target, reshape=exp.reshape)
         phi = torch.stack([_icam.layer_phi(cap.activations[ln], cap.gradients[ln], exp.size) for ln in cands])
         probs = torch.softmax(cap.logits.double(), dim=1).float()
         return {"perturbations": pert, "phi": phi, "probs": probs,

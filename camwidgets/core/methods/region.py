@@ -8,7 +8,10 @@ Fusion-CAM's or UnionCAM's region map is computed once.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
+
+import torch
 
 from ..region import ablationcam_weights, region_map, scorecam_weights
 from ..results import RegionCAMResult, freeze_array
@@ -18,7 +21,22 @@ from ._spec import Method, Param
 if TYPE_CHECKING:
     from ..explainer import Explainer
 
-__all__ = ["ablationcam", "scorecam"]
+__all__ = ["ablationcam", "scorecam", "substitution_unfold"]
+
+
+def substitution_unfold(exp: Explainer, layer: str) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None:
+    """What puts substituted feature maps back into ``layer``'s own output layout (None: already ``(N, K, h, w)``).
+
+    A layer folded by the user's ``reshape`` cannot be un-folded: ``ValueError``."""
+    layout = exp.layout(layer)
+    if not layout.folded:
+        return None
+    if layout.kind == "custom":
+        raise ValueError(
+            f"Layer {layer!r} was folded by the explainer's reshape= callable, which camwidgets cannot invert, but "
+            "this method replaces the layer's output with modified feature maps. Use the automatic fold "
+            "(reshape=None) or a method that only reads the layer (gradcam, scorecam, ...).")
+    return layout.unfold
 
 
 def scorecam(exp: Explainer, *, layer: str, batch_size: int, variant: str, baseline: str) -> RegionCAMResult:
@@ -44,7 +62,7 @@ def ablationcam(exp: Explainer, *, layer: str, batch_size: int) -> RegionCAMResu
     def stage() -> Any:
         y = float(exp.logits_tensor[exp.target])
         return ablationcam_weights(exp.model, exp.input_tensor, layer, exp.activation(layer), exp.target, y,
-                                   batch_size=batch_size)
+                                   batch_size=batch_size, unfold=substitution_unfold(exp, layer))
 
     rw = exp.stage(("ablationcam-weights", layer), stage)
     raw = region_map(exp.activation(layer), rw.weights)

@@ -91,7 +91,8 @@ def _smoothgrad_passes(exp: Explainer, layer: str, samples: int, std: float, see
             checkpoint()
             n = min(batch_size, samples - start)
             noise = torch.stack([torch.randn(shape, generator=gen) * std for _ in range(n)])
-            cap = capture(exp.model, x + noise.to(device=x.device, dtype=x.dtype), [layer], exp.target)
+            cap = capture(exp.model, x + noise.to(device=x.device, dtype=x.dtype), [layer], exp.target,
+                          reshape=exp.reshape)
             passes += 1
             g = cap.gradients[layer].float()
             for p, s in enumerate(sums, start=1):
