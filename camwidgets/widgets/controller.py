@@ -87,6 +87,10 @@ def _default_layer_channels(model: torch.nn.Module) -> tuple[int | None, str | N
             channels = int(sub.out_channels)
         elif isinstance(sub, torch.nn.modules.batchnorm._NormBase):
             channels = int(sub.num_features)
+        elif isinstance(sub, torch.nn.LayerNorm):  # a transformer's tokens (the channels are last)
+            channels = int(sub.normalized_shape[-1])
+        elif isinstance(sub, torch.nn.Linear):
+            channels = int(sub.out_features)
     return channels, name
 
 
