@@ -25,13 +25,12 @@ third-party modules it loaded. Prints one JSON object: median, min and max wall 
 case, the splits' medians, the modules, and the load average before and after (the numbers
 are only comparable between runs at a similar load).
 
-Where the explorer's time goes (``python -X importtime``): torch; torchvision, which the demo
-model's ``BasicBlock`` needs and which imports ``torch._dynamo`` (and sympy) from
-``torchvision.ops``; and Plotly's ``FigureWidget``: ``plotly.basewidget`` imports
-``plotly.io._renderers``, which imports ``nbformat`` if it is installed; ``nbformat`` imports
-``jsonschema``, whose format checkers import ``rfc3987_syntax`` if it is installed (JupyterLab's
-``jupyter_events`` requires ``jsonschema[format-nongpl]``, which brings it), and
-``rfc3987_syntax`` compiles some 20 Lark grammars when imported (seconds on a busy 2-core machine).
+Where the explorer's time goes (``python -X importtime``): torch; and torchvision, which the
+demo model's ``BasicBlock`` needs and which imports ``torch._dynamo`` (and sympy) from
+``torchvision.ops``. Until the explorer drew its panes as plain figures, Plotly's
+``FigureWidget`` added about 2 s more: ``plotly.basewidget`` imports ``plotly.io._renderers``,
+which imports ``nbformat``, which imports ``jsonschema``, whose format checkers import
+``rfc3987_syntax`` (JupyterLab brings it), which compiles some 20 Lark grammars when imported.
 """
 
 from __future__ import annotations

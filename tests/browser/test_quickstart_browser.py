@@ -259,6 +259,19 @@ def test_quickstart_explorer_in_jupyterlab(lab_server: Any, page: Any, console: 
     assert start.sliders.get("T (I-CAM)") == "0.7" and start.sliders.get("θ (Fusion-CAM)") == "30.0", start.sliders
     assert len(set(start.maps.values())) == len(MAP_PANES), f"four different maps expected: {start.describe()}"
     explorer.screenshot("first-picture", page=True)
+    # the controls and the four maps fit one 1440x900 screen
+    top = explorer.root.bounding_box()
+    maps_bottom = max(b["y"] + b["height"] for b in (
+        explorer.root.locator(".js-plotly-plot", has=page.locator(".hm")).nth(i).bounding_box() for i in range(4)))
+    print(f"\nexplorer: controls and maps {maps_bottom - top['y']:.0f} px tall, {top['width']:.0f} px wide")
+    assert maps_bottom - top["y"] <= 900 - 120, "controls + maps taller than a 1440x900 screen minus Lab's bars"
+    # the metrics tab: one row per method, every value computed
+    explorer.root.locator(".lm-TabBar-tab", has_text="Metrics").click()
+    table = explorer.root.locator(".js-plotly-plot", has=page.locator(".table"))
+    cells = table.first.text_content() or ""
+    assert all(label in cells for label in MAP_PANES) and "…" not in cells, cells
+    explorer.screenshot("metrics-tab")
+    explorer.root.locator(".lm-TabBar-tab", has_text="I-CAM layers").click()
 
     # -- θ: 30 -> 40 with the arrow keys: only the Fusion-CAM map changes --------------------------
     explorer.press("θ (Fusion-CAM)", "ArrowRight", 10)
