@@ -220,7 +220,7 @@ def perturbations_figure(result: Any | None = None, n: int = 8, thumb: int = 96)
     for i in range(max(1, k)):
         fig.add_trace(go.Image(source=_png_uri(np.zeros((8, 8, 3), np.uint8)), hoverinfo="skip"),
                       row=1, col=i + 1)
-    _style_small_multiples(fig, "α perturbations", height=thumb + 80, width=max(300, (thumb + 6) * k), top=60,
+    _style_small_multiples(fig, "α perturbations", height=thumb + 112, width=max(300, (thumb + 6) * k), top=92,
                            heatmaps=False)
     if result is not None:
         update_perturbations_figure(fig, result, thumb)
@@ -235,8 +235,9 @@ def update_perturbations_figure(fig: go.Figure, result: Any, thumb: int = 96) ->
     with _batch(fig):
         for i in range(min(len(fig.data), int(pert.shape[0]))):
             fig.data[i].source = _png_uri(_thumbnail(pert[i], thumb))
+            # One value per line: side by side they ran into the next thumbnail's ("MDS 0.97SVIM 0.16").
             fig.layout.annotations[i].text = (f"w={float(result.perturbation_weights[i]):.2f}<br>"
-                                              f"SVIM {float(result.svim[i]):.2f} · MDS {float(result.mds[i]):.2f}")
+                                              f"SVIM {float(result.svim[i]):.2f}<br>MDS {float(result.mds[i]):.2f}")
         fig.layout.title.text = f"α = {alpha:.2f}: {int(pert.shape[0])} perturbations"
 
 
