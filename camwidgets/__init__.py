@@ -27,7 +27,7 @@ _EXPORTS: dict[str, str] = {
     "RayExecutor": "camwidgets.core.executors",
     "CAMExplorer": "camwidgets.widgets",
 }
-_SUBMODULES = {"core", "datasets", "models", "metrics", "viz", "widgets"}
+_SUBMODULES = {"core", "datasets", "models", "metrics", "sanity", "viz", "widgets"}
 
 __all__ = sorted([*_EXPORTS, *_SUBMODULES, "__version__"])
 
