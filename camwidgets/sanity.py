@@ -54,6 +54,7 @@ __all__ = [
     "RandomLogitResult",
     "SanityResult",
     "default_layers",
+    "default_methods",
     "parameter_randomisation",
     "random_logit",
     "reinitialise",
@@ -162,7 +163,18 @@ def _resolve_layers(model: nn.Module, layers: Sequence[str] | None) -> list[str]
     return names
 
 
-def _methods(methods: MethodsLike) -> dict[str, dict[str, Any]]:
+def default_methods() -> tuple[str, ...]:
+    """The methods tested when none are given: the registry's gradient-family methods that
+    :func:`camwidgets.evaluate` runs by default (Grad-CAM, Grad-CAM++ and LayerCAM today): one
+    capture per step each, seconds for a whole cascade of the demo model."""
+    from .core.methods import methods as registered
+
+    return tuple(m.name for m in registered() if m.family == "gradient" and m.in_evaluate)
+
+
+def _methods(methods: MethodsLike | None) -> dict[str, dict[str, Any]]:
+    if methods is None:
+        methods = default_methods()
     if isinstance(methods, str):
         methods = (methods,)
     if isinstance(methods, Mapping):
@@ -281,7 +293,7 @@ class RandomLogitResult:
 def parameter_randomisation(
     model: nn.Module,
     image: ImageLike,
-    methods: MethodsLike = ("gradcam", "gradcampp", "layercam"),
+    methods: MethodsLike | None = None,
     preprocess: PreprocessLike = None,
     target: int | None = None,
     mode: Literal["cascading", "independent"] = "cascading",
@@ -297,8 +309,9 @@ def parameter_randomisation(
         The classifier. It is never changed: the test runs on ``copy.deepcopy(model)``.
     image : image-like
         One image (as :class:`~camwidgets.core.explainer.Explainer` takes it).
-    methods : sequence of str, or mapping name -> parameters
-        camwidgets methods (``camwidgets.methods()``), with default parameters or the given ones.
+    methods : sequence of str, or mapping name -> parameters, optional
+        camwidgets methods (``camwidgets.methods()``), with default parameters or the given ones;
+        None: :func:`default_methods`.
     preprocess : Preprocess or None
         Passed to :class:`~camwidgets.core.explainer.Explainer`.
     target : int or None
@@ -361,7 +374,7 @@ def parameter_randomisation(
 def random_logit(
     model: nn.Module,
     image: ImageLike,
-    methods: MethodsLike = ("gradcam", "gradcampp", "layercam"),
+    methods: MethodsLike | None = None,
     preprocess: PreprocessLike = None,
     target: int | None = None,
     n: int = 5,
