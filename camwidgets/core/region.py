@@ -27,15 +27,35 @@ Score-CAM (Wang et al. 2020; reference implementation pytorch-grad-cam 1.5 ``Sco
     extra image keeps ``raw`` and ``weights`` exact too.)
 
 Ablation-CAM (Desai & Ramaswamy 2020; reference pytorch-grad-cam ``AblationCAM``)
-    The layer's output is replaced by the captured activation with channel ``k`` set to
-    0 — or to ``min(A) − 1e7`` when the layer's minimum is not 0 — and
-    ``w_k = (y − y_k) / y`` on the target logit. pytorch-grad-cam takes that minimum
-    over the whole ablation batch *after* earlier rows were ablated, so on layers with
-    negative activations its ablation value drifts by −1e7 per row; camwidgets uses the
-    minimum of the image's own activation. The two agree wherever the minimum
-    is 0 (every ReLU-terminated block). All-zero channels are skipped exactly when the
-    ablation value is 0 (the ablated output equals the original, so ``y_k = y`` and
-    ``w_k = 0``).
+    The layer's output is replaced by the captured activation with channel ``k`` set to an
+    ablation value ``v`` and ``w_k = (y − y_k) / y`` on the target logit.
+
+    * ``ablation="gradcam"`` (pytorch-grad-cam's rule): ``v = 0`` when the layer's minimum
+      is 0, else ``v = min(A) − 1e7``. pytorch-grad-cam takes that minimum over the whole
+      ablation batch *after* earlier rows were ablated, so on layers with negative
+      activations its value drifts by −1e7 per row; camwidgets uses the minimum of the
+      image's own activation. The two agree wherever the minimum is 0 (every
+      ReLU-terminated block), and on transformer layers (below).
+    * ``ablation="zero"``: ``v = 0`` always, the paper's ablation.
+
+    All-zero channels are skipped exactly when ``v`` is 0 (the ablated output equals the
+    original, so ``y_k = y`` and ``w_k = 0``).
+
+    **Transformer layers** (tokens ``(N, T, C)``, channels-last maps; ``unfold`` given):
+    channel ``k`` is ablated in *every* token, the class (and register) tokens included,
+    as pytorch-grad-cam's ``AblationLayerVit`` does; the map still covers only the patch
+    grid. (A channel that is zero on every patch is still skipped when ``v`` is 0: its term
+    ``w_k A_k`` is zero whatever its class-token entry does to ``y_k``, so the map is exact,
+    though its reported weight is 0.) There ``min(A) − 1e7`` saturates the network: after a block's LayerNorm the
+    ablated channel's ``−1e7`` dominates the attention's queries, keys and values of every
+    token (and, on a block output, the residual stream), the class token becomes a fixed
+    multiple of that channel's direction, and the final LayerNorm removes the scale: the
+    ablated logit ``y_k`` then depends on ``k`` only, not on the image (measured: equal
+    across images to 1e-5 on random-weight ViTs and Swin), so the weights carry no evidence and
+    the map ``ReLU(sum_k w_k A_k)`` is a fixed projection of ``A`` (all zero when that
+    projection is negative everywhere). The drift of pytorch-grad-cam's value changes
+    nothing in this regime. :func:`camwidgets.core.methods.region.ablationcam` therefore
+    ablates transformer layers with 0 by default (``ablation="auto"``).
 
     The ablated feature maps go through the rest of the network with
     :func:`substituted_layer_passes`.
@@ -272,7 +292,7 @@ def scorecam_weights(model: nn.Module, x: torch.Tensor, activation: torch.Tensor
 
 def ablationcam_weights(model: nn.Module, x: torch.Tensor, layer: str, activation: torch.Tensor,
                         target: int, score: float, *, batch_size: int = 32,
-                        skip_zero: bool = True,
+                        skip_zero: bool = True, ablation: str = "gradcam",
                         unfold: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None) -> RegionWeights:
     """Ablation-CAM channel weights ``w_k = (y − y_k) / y``, batched.
 
@@ -293,8 +313,13 @@ def ablationcam_weights(model: nn.Module, x: torch.Tensor, layer: str, activatio
         Ablated channels per forward pass.
     skip_zero : bool
         Skip all-zero channels when the ablation value is 0 (exact: ``y_k = y``).
+    ablation : {"gradcam", "zero"}
+        The ablation value: ``"gradcam"`` 0 where ``min(A)`` is 0, else ``min(A) − 1e7``
+        (pytorch-grad-cam); ``"zero"`` always 0 (the paper). See the module docstring.
     unfold : callable or None
         For a folded layer (tokens, channels-last): see :func:`substituted_layer_passes`.
+        The channel is then ablated in the whole un-folded output (the class and register
+        tokens included, as pytorch-grad-cam's ``AblationLayerVit``).
 
     Returns
     -------
@@ -306,8 +331,10 @@ def ablationcam_weights(model: nn.Module, x: torch.Tensor, layer: str, activatio
     x = x.to(device=device, dtype=dtype)
     act = activation.to(device=device, dtype=dtype)
     k = act.shape[0]
-    lowest = act.min()
-    value = 0.0 if float(lowest) == 0.0 else float(lowest) - 1e7
+    if ablation not in ("gradcam", "zero"):
+        raise ValueError(f"Ablation-CAM ablation must be 'gradcam' or 'zero', got {ablation!r}.")
+    lowest = float(act.min())
+    value = 0.0 if ablation == "zero" or lowest == 0.0 else lowest - 1e7
     if skip_zero and value == 0.0:
         zero = act.flatten(1).abs().amax(dim=1) == 0
     else:
@@ -315,14 +342,26 @@ def ablationcam_weights(model: nn.Module, x: torch.Tensor, layer: str, activatio
     run = torch.nonzero(~zero).flatten()
     scores = torch.full((k,), float(score), dtype=torch.float32, device=device)
 
+    current: dict[str, torch.Tensor] = {}
+
     def ablated(idx: torch.Tensor) -> torch.Tensor:
+        current["idx"] = idx  # read by whole_channel, called next in the same hook
         out = act.unsqueeze(0).repeat(idx.numel(), 1, 1, 1)
         out[torch.arange(idx.numel(), device=device), idx] = value
         return out
 
+    def whole_channel(maps: torch.Tensor, output: torch.Tensor) -> torch.Tensor:
+        # The layer's own layout has the channels last (tokens (n, T, C), channels-last (n, H, W, C)):
+        # the channel is ablated in every token, the prefix (class, register) tokens included.
+        assert unfold is not None
+        out = unfold(maps, output)
+        idx = current["idx"].to(out.device)
+        out[torch.arange(idx.numel(), device=out.device), ..., idx] = value
+        return out
+
     chunks = [run[start:start + batch_size] for start in range(0, int(run.numel()), batch_size)]
-    logits, passes = substituted_layer_passes(model, x, layer, chunks, ablated,
-                                              lambda out: out[:, target].float(), unfold=unfold)
+    logits, passes = substituted_layer_passes(model, x, layer, chunks, ablated, lambda out: out[:, target].float(),
+                                              unfold=whole_channel if unfold is not None else None)
     if chunks:
         scores[run] = logits
     y = float(score)

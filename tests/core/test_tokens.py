@@ -10,6 +10,14 @@ min-max normalised like camwidgets' raw map, within 1e-4.
 
 Random weights, seeded. torchvision initialises a ViT's classification head to zeros (every
 gradient would be 0), so it is re-initialised here with a fixed seed.
+
+The region family runs one forward pass per channel, position or group, so it is checked on a
+small torchvision ViT (64 px, patch 16, 2 blocks, 32 channels) and on ``swin_t`` at 64 px
+(stage 1, 96 channels): Score-CAM and Ablation-CAM (``ablation="gradcam"``) against
+pytorch-grad-cam (``ScoreCAM``; ``AblationCAM`` with ``AblationLayerVit``), Recipro-CAM and
+Group-CAM against references written from their definitions on the folded map. Why
+Ablation-CAM's default ablates transformer layers with 0 is shown by
+:func:`test_ablationcam_value_on_transformer_layers`.
 """
 
 from __future__ import annotations
@@ -296,3 +304,300 @@ def test_model_unchanged(vit, preprocess, image) -> None:
         assert all(p.grad is None for p in vit.parameters())
     finally:
         vit.eval()
+
+
+# ------------------------------------------------------------------ the region family on token layers (a small ViT)
+# A torchvision ViT small enough for one forward pass per channel or position in CI: 64 px, patch 16 (a 4x4
+# grid, 1 + 16 tokens), 2 blocks, 32 channels. Random weights, seeded; the head re-initialised as above and the
+# LayerNorms' affine parameters randomised: with torchvision's (1, 0) every ln_1 output has an exactly zero
+# channel sum at each token, so sums over channels (the region maps) cancel to a small remainder.
+SMALL_VIT_LAYERS = ("encoder.layers.encoder_layer_1.ln_1",  # the default layer: the last block's ln_1
+                    "encoder.layers.encoder_layer_0")  # a block's output (the residual stream), middle of the net
+SMALL_GRID = 4
+
+
+def small_vit_reshape(tensor: torch.Tensor) -> torch.Tensor:
+    return vit_reshape(tensor, SMALL_GRID, SMALL_GRID)
+
+
+def small_vit_unfold(feature: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+    """The inverse of :func:`small_vit_reshape` for one map ``(K, h, w)``: the class token taken from ``tokens``."""
+    return torch.cat([tokens[:, :1], feature.reshape(1, feature.shape[0], -1).transpose(1, 2)], dim=1)
+
+
+@pytest.fixture(scope="module")
+def small_vit() -> nn.Module:
+    torch.manual_seed(0)
+    model = tvm.VisionTransformer(image_size=64, patch_size=16, num_layers=2, num_heads=2, hidden_dim=32,
+                                  mlp_dim=64, num_classes=10).eval()
+    nn.init.normal_(model.heads.head.weight, std=0.02)
+    for m in model.modules():
+        if isinstance(m, nn.LayerNorm):
+            nn.init.normal_(m.weight, mean=1.0, std=0.3)
+            nn.init.normal_(m.bias, std=0.3)
+    return model
+
+
+@pytest.fixture(scope="module")
+def small_image() -> torch.Tensor:
+    return torch.rand(3, 64, 64, generator=torch.Generator().manual_seed(5))
+
+
+def _region_peer_raw(cls: type, model: nn.Module, x: torch.Tensor, layer: str, target: int,
+                     reshape: Callable[[torch.Tensor], torch.Tensor], **kw: object) -> np.ndarray:
+    """pytorch-grad-cam's Score-CAM / Ablation-CAM map at feature resolution (its own masked or ablated passes)."""
+    acts, grads = _peer_capture(model, x, layer, target, reshape)
+    module = model.get_submodule(layer)
+    cam = cls(model, [module], reshape_transform=reshape, **kw)
+    try:
+        raw = cam.get_cam_image(x, module, [ClassifierOutputTarget(target)], acts, grads, False)
+    finally:
+        cam.activations_and_grads.release()
+    return np.asarray(raw[0], dtype=np.float64)
+
+
+REGION_CASES = [("small_vit", SMALL_VIT_LAYERS[0]), ("small_vit", SMALL_VIT_LAYERS[1]),
+                ("swin", "features.1.0")]  # Swin at 64 px: stage 1, a (16, 16, 96) channels-last map
+
+
+@pytest.mark.usefixtures("single_blas_thread")
+@pytest.mark.parametrize(("arch", "layer"), REGION_CASES)
+def test_scorecam_and_ablationcam_equal_pytorch_grad_cam(request, arch: str, layer: str) -> None:
+    """Score-CAM (variant "gradcam") = pytorch-grad-cam's ScoreCAM; Ablation-CAM with ``ablation="gradcam"`` =
+    its AblationCAM with ``ablation_layer=AblationLayerVit()``, the layer its ViT tutorial (usage_examples/
+    vit_example.py) and Swin example pass for transformers: the channel is ablated in every token, the class
+    token included (camwidgets does the same on every folded layer), to ``min − 1e7``. pytorch-grad-cam's
+    minimum drifts by −1e7 per row of an ablation batch (:mod:`camwidgets.core.region`), camwidgets' does not;
+    on these layers the −1e7 saturates the network (see the next test) and the drift changes nothing."""
+    from pytorch_grad_cam import AblationCAM, ScoreCAM
+    from pytorch_grad_cam.ablation_layer import AblationLayerVit
+
+    model = request.getfixturevalue(arch)
+    image = request.getfixturevalue("small_image")
+    reshape = small_vit_reshape if arch == "small_vit" else swin_reshape
+    exp = Explainer(model, image, layers=[layer])
+    assert exp.layout(layer).kind == ("tokens" if arch == "small_vit" else "nhwc")
+    x = exp.input
+    score = exp.scorecam(layer=layer)
+    ref = _region_peer_raw(ScoreCAM, model, x, layer, exp.target, reshape)
+    assert ref.shape == score.raw.shape
+    assert float(np.abs(_norm(score.raw) - _norm(ref)).max()) <= TOL
+    ablation = exp.ablationcam(layer=layer, ablation="gradcam")
+    ref = _region_peer_raw(AblationCAM, model, x, layer, exp.target, reshape, ablation_layer=AblationLayerVit())
+    assert float(np.abs(_norm(ablation.raw) - _norm(ref)).max()) <= TOL
+    for res in (score, ablation):  # not a comparison of empty maps
+        assert float(res.raw.max()) > float(res.raw.min())
+
+
+def test_ablationcam_value_on_transformer_layers(small_vit, small_image) -> None:
+    """Why ``ablation="auto"`` ablates transformer layers with 0, not with pytorch-grad-cam's ``min(A) − 1e7``.
+
+    At a LayerNorm's output (or in the residual stream) a channel at −1e7 in every token dominates the
+    attention's queries, keys and values: the class token becomes a fixed multiple of that channel's
+    direction, which the final LayerNorm rescales, so the ablated logit ``y_k`` depends on ``k`` only. The
+    weights ``(y − y_k) / y`` then carry no evidence about the image, and the map is a fixed projection of
+    ``A`` (all zero on images where it is negative everywhere). Measured on ``vit_b_32``'s default layer
+    too: ``y_k`` equal across two images to 1e-5, against a spread of 3.7 over the channels.
+    """
+    other = torch.rand(3, 64, 64, generator=torch.Generator().manual_seed(6))
+    for layer in SMALL_VIT_LAYERS:
+        exps = [Explainer(small_vit, img, target=2, layers=[layer]) for img in (small_image, other)]
+        pgc_rule = [np.asarray(e.ablationcam(layer=layer, ablation="gradcam").scores) for e in exps]
+        zero = [np.asarray(e.ablationcam(layer=layer).scores) for e in exps]  # "auto": 0 on a token layer
+        assert np.ptp(pgc_rule[0]) > 0.1  # the channels' ablated logits differ ...
+        assert np.abs(pgc_rule[0] - pgc_rule[1]).max() < 1e-5  # ... but not with the image
+        assert np.abs(zero[0] - zero[1]).max() > 1e-2 * np.ptp(zero[0])
+        auto, explicit = exps[0].ablationcam(layer=layer), exps[0].ablationcam(layer=layer, ablation="zero")
+        assert auto.params["ablation"] == "auto"
+        np.testing.assert_array_equal(auto.raw, explicit.raw)
+        assert float(auto.raw.max()) > float(auto.raw.min())
+
+    # The channel is ablated in every token, the class token included: what the next module receives.
+    layer = SMALL_VIT_LAYERS[0]
+    exp = Explainer(small_vit, small_image, layers=[layer])
+    seen: list[torch.Tensor] = []
+    attention = small_vit.get_submodule("encoder.layers.encoder_layer_1.self_attention")
+    handle = attention.register_forward_pre_hook(lambda m, args, kwargs: seen.append(args[0].detach().clone()),
+                                                 with_kwargs=True)
+    try:
+        exp.ablationcam(layer=layer, batch_size=32)
+    finally:
+        handle.remove()
+    batch = seen[-1]  # the ablated batch: row k has channel k ablated
+    assert batch.shape == (32, 1 + SMALL_GRID ** 2, 32)
+    for k in (0, 5, 31):
+        assert torch.all(batch[k, :, k] == 0)
+        assert bool(torch.all(batch[k, :, k + 1 if k < 31 else 0] != 0))
+    # A CNN layer keeps pytorch-grad-cam's rule under "auto" (tests/core/test_region.py); a user's fold cannot be
+    # un-folded for the ablation (test_user_reshape_is_used).
+    with pytest.raises(ValueError, match="must be 'gradcam' or 'zero'"):
+        from camwidgets.core.region import ablationcam_weights
+        ablationcam_weights(small_vit, exp.input, layer, exp.activation(layer), exp.target, 1.0, ablation="min")
+
+
+def _capture_tokens(model: nn.Module, x: torch.Tensor, layer: str, target: int
+                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The layer's tokens ``(1, T, C)``, their folded map and folded gradient ``(K, h, w)``: the test's own hook."""
+    store: list[torch.Tensor] = []
+
+    def hook(m: nn.Module, i: object, o: torch.Tensor) -> torch.Tensor:
+        store.append(o)
+        return o.clone()
+
+    handle = model.get_submodule(layer).register_forward_hook(hook)
+    try:
+        with torch.enable_grad():
+            logits = model(x)
+            (grad,) = torch.autograd.grad(logits[0, target], store[0])
+    finally:
+        handle.remove()
+    tokens = store[0].detach()
+    return tokens, small_vit_reshape(tokens)[0], small_vit_reshape(grad)[0]
+
+
+def _logits_with_tokens(model: nn.Module, layer: str, x: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+    handle = model.get_submodule(layer).register_forward_hook(lambda m, i, o: tokens.clone())
+    try:
+        with torch.no_grad():
+            return model(x)[0]
+    finally:
+        handle.remove()
+
+
+RECIPRO_KERNEL = [[1 / 16, 1 / 8, 1 / 16], [1 / 8, 1 / 4, 1 / 8], [1 / 16, 1 / 8, 1 / 16]]
+
+
+def reference_reciprocam_tokens(model: nn.Module, x: torch.Tensor, layer: str, target: int,
+                                variant: str) -> np.ndarray:
+    """Recipro-CAM from its definition on the folded map, one position and one full forward at a time.
+
+    As :func:`tests.core.test_methods_fast_region.reference_reciprocam`, the masked map un-folded by hand
+    (:func:`small_vit_unfold`, the class token as the layer computed it)."""
+    tokens, a, _ = _capture_tokens(model, x, layer, target)
+    _, h, w = a.shape
+    out = np.zeros((h, w))
+    for i in range(h):
+        for j in range(w):
+            masked = torch.zeros_like(a)
+            if variant == "plain":
+                masked[:, i, j] = a[:, i, j]
+            else:
+                for di in (-1, 0, 1):
+                    for dj in (-1, 0, 1):
+                        if 0 <= i + di < h and 0 <= j + dj < w:
+                            masked[:, i + di, j + dj] = a[:, i, j] * RECIPRO_KERNEL[di + 1][dj + 1]
+            logits = _logits_with_tokens(model, layer, x, small_vit_unfold(masked, tokens))
+            out[i, j] = float(torch.softmax(logits.double(), dim=0)[target])
+    return out
+
+
+def _direct_blur(x: torch.Tensor, size: int = 51, sigma: float = 50.0) -> torch.Tensor:
+    t = torch.arange(size, dtype=torch.float64) - size // 2
+    g1 = torch.exp(-t ** 2 / (2 * sigma ** 2))
+    g2 = torch.outer(g1, g1)
+    g2 = (g2 / g2.sum()).to(x.dtype)
+    pad = size // 2
+    padded = torch.nn.functional.pad(x, (pad, pad, pad, pad), mode="reflect")
+    return torch.nn.functional.conv2d(padded, g2.expand(x.shape[1], 1, size, size), groups=x.shape[1])
+
+
+def reference_groupcam_tokens(model: nn.Module, x: torch.Tensor, layer: str, target: int, groups: int
+                              ) -> np.ndarray:
+    """Group-CAM from its definition on the folded map and gradient, one group at a time (as
+    :func:`tests.core.test_methods_fast_region.reference_groupcam`): ``sum_g s_g M_g`` at feature resolution."""
+    _, a, g = _capture_tokens(model, x, layer, target)
+    k = a.shape[0]
+    alpha = g.mean(dim=(1, 2))
+    blurred = _direct_blur(x)
+    with torch.no_grad():
+        base = float(torch.softmax(model(blurred)[0].double(), dim=0)[target])
+    raw = torch.zeros(a.shape[1:], dtype=torch.float64)
+    for gi in range(groups):
+        chans = range(gi * k // groups, (gi + 1) * k // groups)  # K divisible by G here: contiguous, equal
+        group = torch.relu(sum(alpha[c] * a[c] for c in chans))
+        up = torch.nn.functional.interpolate(group[None, None], size=tuple(x.shape[-2:]), mode="bilinear",
+                                             align_corners=False)[0, 0]
+        lo, hi = up.min(), up.max()
+        mask = (up - lo) / (hi - lo) if hi > lo else torch.zeros_like(up)
+        with torch.no_grad():
+            p = float(torch.softmax(model(x * mask + blurred * (1 - mask))[0].double(), dim=0)[target])
+        raw += max(p - base, 0.0) * group.double()
+    return raw.numpy()
+
+
+@pytest.mark.parametrize("layer", SMALL_VIT_LAYERS)
+def test_reciprocam_and_groupcam_equal_references_on_tokens(small_vit, small_image, layer: str) -> None:
+    exp = Explainer(small_vit, small_image, layers=[layer])
+    x = exp.input
+    for variant in ("plain", "gaussian"):
+        res = exp.reciprocam(layer=layer, variant=variant, batch_size=5)  # 16 positions: batches of 5, 5, 5, 1
+        ref = reference_reciprocam_tokens(small_vit, x, layer, exp.target, variant)
+        assert float(np.abs(_minmax(res.raw) - _minmax(ref)).max()) <= TOL, variant
+        assert float(res.raw.max()) > float(res.raw.min())
+    res = exp.groupcam(layer=layer, groups=8)
+    ref = reference_groupcam_tokens(small_vit, x, layer, exp.target, 8)
+    assert float(np.abs(_minmax(res.raw) - _minmax(ref)).max()) <= TOL
+    assert float(res.raw.max()) > float(res.raw.min())
+
+
+def test_region_family_on_tokens_is_deterministic_and_leaves_the_model(small_vit, small_image) -> None:
+    params = [p.detach().clone() for p in small_vit.parameters()]
+    hooks_before = _hooks(small_vit)
+    first = {}
+    for method in ("scorecam", "ablationcam", "reciprocam", "groupcam"):
+        a = Explainer(small_vit, small_image).explain(method)
+        b = Explainer(small_vit, small_image).explain(method)
+        np.testing.assert_array_equal(a.map, b.map)
+        assert np.isfinite(a.map).all() and a.map.min() >= 0 and a.map.max() <= 1 and np.ptp(a.map) > 0, method
+        first[method] = a
+    assert _hooks(small_vit) == hooks_before
+    assert all(torch.equal(p, q) for p, q in zip(params, small_vit.parameters(), strict=True))
+    assert all(p.grad is None for p in small_vit.parameters())
+    assert not small_vit.training
+
+
+# ------------------------------------------------------------------ I-CAM across blocks, metrics on a ViT result
+def test_icam_across_blocks_and_metrics(small_vit, small_image) -> None:
+    from camwidgets import metrics
+
+    exp = Explainer(small_vit, small_image)
+    # The candidates are the blocks, the last one by its ln_1 (its patch tokens get no gradient).
+    assert exp.candidate_layers == ("encoder.layers.encoder_layer_0", "encoder.layers.encoder_layer_1.ln_1")
+    every = exp.icam(threshold=1.0, n=4)
+    assert every.candidate_layers == exp.candidate_layers
+    scores = np.asarray(every.layer_scores)
+    assert scores.shape == (2,) and np.isfinite(scores).all()
+    assert set(every.kept_layers) == set(exp.candidate_layers)  # T = 1 keeps every layer ...
+    best = exp.icam(threshold=0.5, n=4)
+    assert best.kept_layers == (exp.candidate_layers[int(np.argmax(scores))],)  # ... T = 0.5 the best-scored one
+    for res in (every, best):
+        assert np.isfinite(res.map).all() and np.ptp(res.map) > 0
+        assert all(np.ptp(m) > 0 for m in res.layer_maps.values())
+    # The metrics on a ViT result (the map at input resolution, the explainer's input as the image).
+    image, target = exp.image, exp.target
+    ad = metrics.average_drop(small_vit, image, every.map, target)
+    assert 0.0 <= ad <= 100.0
+    for curve in (metrics.insertion(small_vit, image, every.map, target, steps=8),
+                  metrics.deletion(small_vit, image, every.map, target, steps=8)):
+        assert 0.0 <= curve.auc <= 1.0 and len(curve.curve) == 9
+
+
+# ------------------------------------------------------------------ methods undefined on token layers
+def test_only_cam_is_refused_on_token_layers(small_vit, small_image) -> None:
+    """Every registered method runs on a ViT's token layers except CAM, which needs a GAP + linear head: its
+    error names the layer, the layout, why CAM is undefined there, and what to use instead."""
+    from camwidgets.core.methods import names
+
+    exp = Explainer(small_vit, small_image)
+    for layer in exp.candidate_layers:
+        with pytest.raises(ValueError) as err:
+            exp.cam(layer=layer)
+        message = str(err.value)
+        assert repr(layer) in message and "tokens (17, 32): 1 leading token dropped, 4x4 grid" in message
+        assert "classifies from its class token" in message and "CAM is undefined here" in message
+        assert "Use gradcam" in message
+    for method in names():
+        if method == "cam":
+            continue
+        res = exp.explain(method)
+        assert res.map.shape == (64, 64) and np.isfinite(res.map).all(), method
