@@ -3,7 +3,6 @@
 from types import MappingProxyType, SimpleNamespace
 
 import numpy as np
-import plotly.graph_objects as go
 import pytest
 
 from camwidgets.viz import cam as vz
@@ -23,13 +22,16 @@ def _icam(kept, n=3, alpha=0.4, threshold=0.9):
 
 def test_map_figure_overlays_and_updates_in_place():
     img = np.zeros((3, 6, 6), np.float32)
-    fig = go.FigureWidget(vz.map_figure(img, None, "Grad-CAM", opacity=0.3, colorscale="Viridis"))
+    fig = vz.map_figure(img, None, "Grad-CAM", opacity=0.3, colorscale="Viridis")
     assert fig.data[1].visible is False and fig.data[1].opacity == 0.3
     m = np.arange(36, dtype=np.float32).reshape(6, 6) / 35
     vz.update_map_figure(fig, m, title="new", opacity=0.8, colorscale="Hot")
     assert np.allclose(fig.data[1].z, m) and fig.data[1].visible is True
     assert fig.data[1].opacity == 0.8 and fig.layout.title.text == "new"
     assert len(fig.data) == 2  # nothing was added
+    # with a colour bar the pane is wider by the bar, the plot area stays square
+    wide = vz.map_figure(img, m, "Grad-CAM", size=200, colorbar=True)
+    assert wide.data[1].showscale is True and wide.layout.width == 234 and wide.layout.height == 230
 
 
 def test_layer_scores_mark_kept_layers_and_weights():
