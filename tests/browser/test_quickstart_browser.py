@@ -212,6 +212,10 @@ def _pixels(data_uri: str | None) -> np.ndarray:
     return np.asarray(Image.open(io.BytesIO(base64.b64decode(data_uri.split(",", 1)[1]))).convert("RGB"))
 
 
+# The data URI of the heatmap drawn in the map pane titled ``title`` (null if none).
+PANE_HREF_JS = """(title) => { const p = [...document.querySelectorAll('.js-plotly-plot')]
+                    .find((e) => e.querySelector('.gtitle')?.textContent === title);
+                  return p?.querySelector('.hm image')?.getAttribute('href') ?? null; }"""
 ALL_RUN_JS = """() => { const p = [...document.querySelectorAll('.jp-CodeCell .jp-InputArea-prompt')];
                    return p.length > 0 && p.every((e) => /^\\[\\d+\\]:$/.test(e.textContent.trim())); }"""
 FIRST_MAPS_JS = """() => { const hm = [...document.querySelectorAll('.jp-OutputArea-output .js-plotly-plot')]
@@ -323,6 +327,26 @@ def test_quickstart_explorer_in_jupyterlab(lab_server: Any, page: Any, console: 
     assert _changed(refused, after) == {"Fusion-CAM"}, f"before: {refused.describe()}\nafter: {after.describe()}"
     explorer.screenshot("theta-35-after-error", page=True)
     explorer.check_no_errors()
+
+    # -- latency in the browser: one θ key press until the Fusion-CAM heatmap is redrawn, five times ----
+    latencies = []
+    for _ in range(5):
+        handle = explorer.slider_handle("θ (Fusion-CAM)")
+        before_href = page.evaluate(PANE_HREF_JS, "Fusion-CAM")
+        t0 = time.monotonic()
+        handle.press("ArrowLeft")
+        page.wait_for_function(f"(old) => ({PANE_HREF_JS})('Fusion-CAM') !== old", arg=before_href, polling=10)
+        latencies.append(time.monotonic() - t0)
+        explorer.wait_for("the metrics after a θ step", lambda s: s.done)
+    latencies.sort()
+    line = (f"JupyterLab: θ key press to Fusion-CAM redrawn: median {1000 * latencies[2]:.0f} ms, "
+            f"range {1000 * latencies[0]:.0f}-{1000 * latencies[-1]:.0f} ms")
+    print("\n" + line)
+    with (artifacts / "timings.txt").open("a") as f:
+        f.write(line + "\n")
+    explorer.press("θ (Fusion-CAM)", "ArrowRight", 5)
+    after = explorer.wait_for("Fusion-CAM back at θ = 35",
+                              lambda s: s.done and "θ=35" in s.title("Fusion-CAM components"))
 
     # -- save, then reload the page while the kernel runs: every pane comes back as it was, and works --
     _save_notebook(page)
