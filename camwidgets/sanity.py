@@ -163,6 +163,15 @@ def _resolve_layers(model: nn.Module, layers: Sequence[str] | None) -> list[str]
     return names
 
 
+def _copy(model: nn.Module) -> nn.Module:
+    """A deep copy taken while no camwidgets pass of another thread has hooks on the model (the
+    explorer's workers): a copy taken meanwhile would carry those transient hooks."""
+    from .core._hooks import model_lock
+
+    with model_lock(model):
+        return copy.deepcopy(model)
+
+
 def default_methods() -> tuple[str, ...]:
     """The methods tested when none are given: the registry's gradient-family methods that
     :func:`camwidgets.evaluate` runs by default (Grad-CAM, Grad-CAM++ and LayerCAM today): one
@@ -349,7 +358,7 @@ def parameter_randomisation(
     spec = _methods(methods)
     names = _resolve_layers(model, layers)
 
-    work = copy.deepcopy(model)
+    work = _copy(model)
     trained = {k: v.detach().clone() for k, v in work.state_dict().items()} if mode == "independent" else None
     tgt, original = _map(work, image, target, preprocess, spec)
 

@@ -195,6 +195,10 @@ class ExplorerController(HasTraits):
         # Map requests made so far: the metrics of an update are stale once a newer request exists.
         self._generation = 0
         self._last_icam: Any = None
+        #: The model-parameter randomisation test of the shown image and class (run_sanity), or None.
+        self.sanity: Any = None
+        self._sanity_key: Hashable | None = None
+        self._sanity_runner = LatestRunner(on_error=self.show_error, background=background)
 
         # The image first: a bad one fails here, before any work.
         img, key, self.image_label = self._load(image)
@@ -313,16 +317,16 @@ class ExplorerController(HasTraits):
         """Block until pending computations have finished and listeners were told."""
         deadline = None if timeout is None else time.perf_counter() + timeout
         while True:
-            for runner in (self._runner, self._metrics_runner):
+            for runner in (self._runner, self._metrics_runner, self._sanity_runner):
                 left = None if deadline is None else max(0.0, deadline - time.perf_counter())
                 if not runner.wait(left):
                     return False
-            if not (self._runner.busy or self._metrics_runner.busy):
+            if not (self._runner.busy or self._metrics_runner.busy or self._sanity_runner.busy):
                 return True
 
     @property
     def busy(self) -> bool:
-        return self._runner.busy or self._metrics_runner.busy
+        return self._runner.busy or self._metrics_runner.busy or self._sanity_runner.busy
 
     @property
     def superseded(self) -> bool:
@@ -336,7 +340,8 @@ class ExplorerController(HasTraits):
             return
         self._closed = True
         self._generation = getattr(self, "_generation", 0) + 1  # running metrics are stale now
-        for runner in (getattr(self, "_runner", None), getattr(self, "_metrics_runner", None)):
+        for name in ("_runner", "_metrics_runner", "_sanity_runner"):
+            runner = getattr(self, name, None)
             if runner is not None:
                 runner.close(CLOSE_TIMEOUT)
         self._release()
@@ -352,6 +357,7 @@ class ExplorerController(HasTraits):
                 cache.clear()
         self._listeners = []
         self._last_icam = None
+        self.sanity = None
         self.results, self.metric_values, self.curves = {}, {}, {}
 
     @property
@@ -382,6 +388,54 @@ class ExplorerController(HasTraits):
         return (f"<small>On this model ({self.channels} channels at {html.escape(str(self.auto_layer))}) "
                 + "; ".join(parts) + f": the default would run {self.channels} forward passes per map. "
                 "Pick it in the menu above to use it anyway.</small>")
+
+    def sanity_methods(self) -> list[str]:
+        """The methods :meth:`run_sanity` tests: the shown ones that need one capture per step (the
+        gradient and activation families, without noise samples), else the sanity module's default."""
+        from ..sanity import default_methods
+
+        cheap = [m for m in self.methods if _registry.get(m).family in ("gradient", "activation")
+                 and "samples" not in _registry.get(m).param_names]
+        return cheap or list(default_methods())
+
+    def run_sanity(self) -> None:
+        """Run the cascading model-parameter randomisation test (Adebayo et al. 2018) of the shown
+        image and class on a worker: :attr:`sanity` holds the result, the "sanity" event says so.
+
+        It works on a deep copy of the model (the model is never changed); a new image or class
+        stops it at the core's next checkpoint and clears the result.
+        """
+        if self._closed:
+            return
+        (image, key), methods = self._current, self.sanity_methods()
+        exp = self._explainer_for(key, image, self.target)
+        job_key = (key, exp.target)
+        label = html.escape(self.class_names[exp.target] if self.class_names else f"class {exp.target}")
+
+        def job() -> None:
+            from ..sanity import parameter_randomisation
+
+            t0 = time.perf_counter()
+            names = ", ".join(METHOD_LABELS[m] for m in methods)
+            self._set_status(f"{label}: sanity check of {html.escape(names)}: randomising the model's layers "
+                             "from the top…", 0.5)
+            try:
+                with cancel_when(lambda: self._closed or self._current[1] != key or self.target not in (
+                        None, exp.target)):
+                    result = parameter_randomisation(self.model, exp.image, methods=methods,
+                                                     preprocess=self.preprocess, target=exp.target)
+            except Cancelled:
+                return
+            if self._closed or self._current[1] != key:
+                return
+            self.sanity, self._sanity_key = result, job_key
+            self._emit("sanity")
+            last = {m: float(result.similarity[m]["spearman_abs"][-1]) for m in methods}
+            summary = ", ".join(f"{METHOD_LABELS[m]} {v:.2f}" for m, v in last.items())
+            self._set_status(f"{label}: sanity check in {time.perf_counter() - t0:.1f} s; similarity to the trained "
+                             f"model's map with every layer randomised (Spearman): {html.escape(summary)}", 1.0)
+
+        self._sanity_runner.submit(job)
 
     # -- status -------------------------------------------------------------------------------
     def show_error(self, err: BaseException) -> None:
@@ -456,6 +510,9 @@ class ExplorerController(HasTraits):
         self._set_status("computing…", 0.1)
         (image, key), target, methods = self._current, self.target, list(self.methods)
         exp = self._explainer_for(key, image, target)
+        if self.sanity is not None and self._sanity_key != (key, exp.target):
+            self.sanity = None  # another image or class: the test said nothing about it
+            self._emit("sanity")
         if key != self.image_key:
             self.image, self.image_key = exp.image, key
             self.target_options = self._targets_for(exp)

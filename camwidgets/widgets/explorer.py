@@ -296,9 +296,18 @@ class CAMExplorer(widgets.VBox):
         self.maps_box = widgets.HBox(layout=widgets.Layout(flex_flow="row wrap", align_items="flex-start"))
         self.details = widgets.Tab()
         self._tab_boxes: dict[str, widgets.VBox] = {}
+        self.sanity_button = widgets.Button(description="sanity check", icon="flask",
+                                            tooltip="model-parameter randomisation test of the shown maps",
+                                            layout=widgets.Layout(width="auto"))
+        self.sanity_button.on_click(lambda _b: self.controller.run_sanity())
         self.display_box = widgets.VBox([
             widgets.HBox([self.sliders["opacity"], self.colorscale_picker]),
             widgets.HBox([self.export_folder, *self.export_buttons.values()]),
+            widgets.HBox([self.sanity_button, widgets.HTML(
+                "<small>Re-initialises a copy of the model layer by layer from the top and compares each map "
+                "with the trained model's (Adebayo et al., Sanity Checks for Saliency Maps, 2018): a map that "
+                "stays the same does not explain the model. A few seconds on the demo model.</small>")],
+                layout=widgets.Layout(align_items="center")),
         ])
         controls = widgets.VBox([
             widgets.HBox([self.image_picker, self.upload, self.target_picker, self.progress, self.status],
@@ -417,7 +426,11 @@ class CAMExplorer(widgets.VBox):
                 self._show_target()
             finally:
                 self._syncing = False
-        if event in ("map", "maps", "metrics", "curves", "image"):
+        if event == "sanity":  # its tab comes or goes with the result
+            self._refresh_layout()
+            if self.controller.sanity is not None and "Sanity check" in self.details.titles:
+                self.details.selected_index = self.details.titles.index("Sanity check")
+        if event in ("map", "maps", "metrics", "curves", "image", "sanity"):
             self._draw()
 
     @observe("opacity", "colorscale")

@@ -29,6 +29,7 @@ import ipywidgets as widgets
 import numpy as np
 
 from ..viz import cam as vz
+from ..viz.sanity import cascade_figure
 from .controller import METHOD_LABELS, METRIC_COLUMNS
 
 if TYPE_CHECKING:
@@ -193,6 +194,9 @@ PANES: tuple[PaneSpec, ...] = (
              lambda fig, ctx, _: _write_metrics(fig, ctx)),
     PaneSpec("curves", "Insertion / deletion", "Metrics", lambda c: c.compute_metrics and c.compute_curves,
              lambda ctx: (ctx.controller.curves,), _curves_figure, lambda fig, ctx, _: _write_curves(fig, ctx)),
+    # Shown once the user ran the test (a button in the display tab): seconds of model passes.
+    PaneSpec("sanity", "Sanity check", "Sanity check", lambda c: c.sanity is not None,
+             lambda ctx: (ctx.controller.sanity,), lambda ctx: cascade_figure(ctx.controller.sanity)),
 )
 
 

@@ -150,3 +150,30 @@ def test_a_new_pane_is_one_registry_entry(demo, monkeypatch):
 def test_pane_spec_is_frozen():
     with pytest.raises(dataclasses.FrozenInstanceError):
         map_pane("gradcam").name = "x"  # type: ignore[misc]
+
+
+def test_sanity_check_from_the_explorer(demo):
+    """The display tab's button runs the model-parameter randomisation test of the shown maps; its tab
+    comes with the result and leaves with the class it was about."""
+    import torch
+
+    model, pre, names = demo
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    ex = CAMExplorer(model, "shapes-star", preprocess=pre, class_names=names,
+                     methods=["gradcam", "layercam", "fusioncam"], metrics=False, background=False)
+    try:
+        assert "Sanity check" not in ex.details.titles and ex.controller.sanity is None
+        ex.sanity_button.click()
+        res = ex.controller.sanity
+        assert res.methods == ("gradcam", "layercam")  # Fusion-CAM runs region passes per step: left out
+        assert ex.details.titles[ex.details.selected_index] == "Sanity check"
+        assert "sanity" in ex.figures and len(ex.figures["sanity"].data) >= 2
+        sim = res.similarity["gradcam"]["spearman_abs"]
+        assert sim[0] == 1.0 and sim[-1] < 0.6  # every layer randomised: Grad-CAM's map is another map
+        assert "sanity check in" in ex.controller.status
+        ex.target = 0  # another class: the result said nothing about it
+        assert ex.controller.sanity is None and "Sanity check" not in ex.details.titles
+        assert "sanity" not in ex.figures
+    finally:
+        ex.close()
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())
