@@ -328,11 +328,6 @@ class ExplorerController(HasTraits):
     def busy(self) -> bool:
         return self._runner.busy or self._metrics_runner.busy or self._sanity_runner.busy
 
-    @property
-    def superseded(self) -> bool:
-        """A newer map request waits (the running update's end is no longer what will be shown)."""
-        return self._runner.superseded()
-
     def close(self) -> None:
         """Stop the workers (a running computation stops at the core's next checkpoint, waiting ones
         are dropped) and release the explainers, results and listeners. Closing again is fine."""

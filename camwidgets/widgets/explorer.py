@@ -552,9 +552,6 @@ class CAMExplorer(widgets.VBox):
         close_widgets(self, owner=self)
 
     # -- export -----------------------------------------------------------------------------------
-    def _visible_figures(self) -> dict[str, Any]:
-        return self.figures
-
     def export_png(self, folder: str | Path, scale: float = 2.0) -> list[Path]:
         """Save every visible figure as ``<folder>/<pane>.png`` (Plotly's static export).
 
@@ -571,7 +568,7 @@ class CAMExplorer(widgets.VBox):
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         paths = []
-        for name, fig in self._visible_figures().items():
+        for name, fig in self.figures.items():
             try:
                 data = fig.to_image(format="png", scale=scale)
             except Exception as err:  # kaleido reports a missing browser in several ways
@@ -607,7 +604,7 @@ class CAMExplorer(widgets.VBox):
         """Save every visible figure in one standalone HTML file (plotly.js inlined: works offline)."""
         path = Path(path)
         parts = [f"<h2>camwidgets: {html.escape(self.controller.image_label)}</h2>"]
-        for i, (name, fig) in enumerate(self._visible_figures().items()):
+        for i, (name, fig) in enumerate(self.figures.items()):
             parts.append(f"<h3>{html.escape(self.panes[name].spec.title)}</h3>")
             parts.append(fig.to_html(full_html=False, include_plotlyjs="inline" if i == 0 else False))
         path.write_text("<!DOCTYPE html><html><head><meta charset='utf-8'></head><body>"

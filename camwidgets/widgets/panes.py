@@ -119,10 +119,6 @@ def map_pane(method: str) -> PaneSpec:
                     figure=figure, update=update)
 
 
-def _built(build: Callable[..., go.Figure], result: Any, **kw: Any) -> go.Figure:
-    return build(result, **kw)
-
-
 def _writer(method: str, write: Callable[[go.Figure, Any], None],
             fits: Callable[[tuple[Any, ...], Any, PaneContext], bool] = lambda before, new, ctx: True,
             ) -> Callable[[go.Figure, PaneContext, tuple[Any, ...]], bool]:
@@ -174,20 +170,20 @@ def _curves_figure(ctx: PaneContext) -> go.Figure:
 #: The detail panes, in the order of their tabs (the map panes come from :func:`map_pane`).
 PANES: tuple[PaneSpec, ...] = (
     PaneSpec("icam_scores", "I-CAM layers", "I-CAM layers", lambda c: "icam" in c.methods,
-             lambda ctx: (_result(ctx, "icam"),), lambda ctx: _built(vz.layer_scores_figure, _result(ctx, "icam")),
+             lambda ctx: (_result(ctx, "icam"),), lambda ctx: vz.layer_scores_figure(_result(ctx, "icam")),
              _writer("icam", vz.update_layer_scores_figure, _same_layers)),
     PaneSpec("icam_maps", "I-CAM per-layer maps", "I-CAM layers", lambda c: "icam" in c.methods,
-             lambda ctx: (_result(ctx, "icam"),), lambda ctx: _built(vz.layer_maps_figure, _result(ctx, "icam")),
+             lambda ctx: (_result(ctx, "icam"),), lambda ctx: vz.layer_maps_figure(_result(ctx, "icam")),
              _writer("icam", vz.update_layer_maps_figure, _same_layers)),
     # Redrawn when α, n or the seed change the perturbations, not on every T or bias step.
     PaneSpec("perturbations", "I-CAM perturbations", "I-CAM perturbations", lambda c: "icam" in c.methods,
              lambda ctx: _perturbation_inputs(_result(ctx, "icam")),
-             lambda ctx: _built(vz.perturbations_figure, _result(ctx, "icam")),
+             lambda ctx: vz.perturbations_figure(_result(ctx, "icam")),
              _writer("icam", vz.update_perturbations_figure,
                      lambda before, new, ctx: before[0].shape == new.perturbations.shape)),
     PaneSpec("fusion", "Fusion-CAM components", "Fusion-CAM", lambda c: "fusioncam" in c.methods,
              lambda ctx: (_result(ctx, "fusioncam"), ctx.colorscale),
-             lambda ctx: _built(vz.fusion_figure, _result(ctx, "fusioncam"), colorscale=ctx.colorscale),
+             lambda ctx: vz.fusion_figure(_result(ctx, "fusioncam"), colorscale=ctx.colorscale),
              _writer("fusioncam", vz.update_fusion_figure, lambda before, new, ctx: before[1] == ctx.colorscale)),
     PaneSpec("metrics", "Metrics", "Metrics", lambda c: c.compute_metrics,
              lambda ctx: (ctx.controller.metric_values,), _metrics_figure,
