@@ -40,6 +40,26 @@ class ForwardCounter:
         self._handle.remove()
 
 
+def minmax(a: Any) -> np.ndarray:
+    """Min-max to [0, 1] in float64 (a constant map becomes all zero)."""
+    a = np.asarray(a, dtype=np.float64)
+    span = a.max() - a.min()
+    return np.zeros_like(a) if span == 0 else (a - a.min()) / span
+
+
+def relu_minmax(a: Any) -> np.ndarray:
+    """ReLU then min-max: the normalisation both sides of an equivalence comparison get."""
+    return minmax(np.maximum(np.asarray(a, dtype=np.float64), 0))
+
+
+@pytest.fixture
+def single_blas_thread() -> Iterator[None]:
+    """numpy's BLAS on one thread (the references' SVDs); on the shared machine its threads contend."""
+    threadpoolctl = pytest.importorskip("threadpoolctl")
+    with threadpoolctl.threadpool_limits(1):
+        yield
+
+
 @pytest.fixture
 def single_thread() -> Iterator[None]:
     """Run a test with one intra-op thread, then restore the setting.

@@ -35,6 +35,8 @@ from camwidgets.core._hooks import capture  # noqa: E402
 from camwidgets.core.region import ablationcam_weights, region_map, scorecam_weights  # noqa: E402
 from camwidgets.models.demo import DemoNet  # noqa: E402
 
+from .conftest import relu_minmax  # noqa: E402
+
 pytestmark = pytest.mark.usefixtures("single_thread")
 
 TOL = 1e-4
@@ -42,10 +44,6 @@ PEERS = {"gradcam": GradCAM, "gradcampp": GradCAMPlusPlus, "xgradcam": XGradCAM,
          "scorecam": ScoreCAM, "ablationcam": AblationCAM}
 
 
-def _norm(a: np.ndarray) -> np.ndarray:
-    a = np.maximum(np.asarray(a, dtype=np.float64), 0)
-    span = a.max() - a.min()
-    return np.zeros_like(a) if span == 0 else (a - a.min()) / span
 
 
 def _peer_capture(model: nn.Module, x: torch.Tensor, layer: str,
@@ -117,7 +115,7 @@ def test_gradient_methods_equal_pytorch_grad_cam(models, arch: str, size: int, l
         res = getattr(exp, method)(layer=layer)
         ref = peer_raw(method, model, x, name, exp.target, acts, grads)
         assert ref.shape == res.raw.shape
-        assert np.abs(_norm(res.raw) - _norm(ref)).max() <= TOL, method
+        assert np.abs(relu_minmax(res.raw) - relu_minmax(ref)).max() <= TOL, method
 
 
 # Score-CAM / Ablation-CAM: layers with few channels keep the masked passes cheap.
@@ -134,7 +132,7 @@ def test_scorecam_equals_pytorch_grad_cam(models, arch: str, size: int, layer: s
     rw = scorecam_weights(model, x, a, target, batch_size=16)
     ours = region_map(a, rw.weights).numpy()
     ref = peer_raw("scorecam", model, x, layer, target)
-    assert np.abs(_norm(ours) - _norm(ref)).max() <= TOL
+    assert np.abs(relu_minmax(ours) - relu_minmax(ref)).max() <= TOL
 
 
 # MobileNet v3's blocks end without activation (negative minimum); v2's first ReLU6 has minimum 0.
@@ -152,4 +150,4 @@ def test_ablationcam_equals_pytorch_grad_cam(models, arch: str, size: int, layer
     rw = ablationcam_weights(model, x, layer, a, target, float(cap.logits[0, target]), batch_size=16)
     ours = region_map(a, rw.weights).numpy()
     ref = peer_raw("ablationcam", model, x, layer, target)
-    assert np.abs(_norm(ours) - _norm(ref)).max() <= TOL
+    assert np.abs(relu_minmax(ours) - relu_minmax(ref)).max() <= TOL

@@ -20,7 +20,6 @@ random weights on small random inputs.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
 
 import numpy as np
 import pytest
@@ -32,7 +31,7 @@ import camwidgets
 from camwidgets.core import Explainer
 from camwidgets.core.methods.activation import find_gap_linear_head, principal_projection
 
-from .conftest import ForwardCounter
+from .conftest import ForwardCounter, minmax, relu_minmax
 
 pytest.importorskip("pytorch_grad_cam")
 torchcam_methods = pytest.importorskip("torchcam.methods")
@@ -46,23 +45,6 @@ PEERS = {"hirescam": HiResCAM, "eigencam": EigenCAM, "eigengradcam": EigenGradCA
 
 
 # ------------------------------------------------------------------ helpers
-@pytest.fixture
-def single_blas_thread() -> Iterator[None]:
-    """numpy's BLAS on one thread (the references' SVDs); on the shared machine its threads contend."""
-    threadpoolctl = pytest.importorskip("threadpoolctl")
-    with threadpoolctl.threadpool_limits(1):
-        yield
-
-
-def _minmax(a: np.ndarray) -> np.ndarray:
-    a = np.asarray(a, dtype=np.float64)
-    span = a.max() - a.min()
-    return np.zeros_like(a) if span == 0 else (a - a.min()) / span
-
-
-def _norm(a: np.ndarray) -> np.ndarray:
-    """ReLU then min-max: the normalisation both sides of a comparison get."""
-    return _minmax(np.maximum(np.asarray(a, dtype=np.float64), 0))
 
 
 def _peer_capture(model: nn.Module, x: torch.Tensor, layer: str, target: int) -> tuple[np.ndarray, np.ndarray]:
@@ -149,7 +131,7 @@ def test_equal_pytorch_grad_cam(demo_and_pre, tv_models, case: str, layer: str |
         assert ref.shape == res.raw.shape
         if method in decomposed:
             ref = _oriented(ref, decomposed[method])
-        assert np.abs(_norm(res.raw) - _norm(ref)).max() <= TOL, method
+        assert np.abs(relu_minmax(res.raw) - relu_minmax(ref)).max() <= TOL, method
 
 
 def test_eigen_sign_convention(demo_and_pre, tv_models) -> None:
@@ -219,15 +201,15 @@ def test_cam_equals_torchcam(demo_and_pre, tv_models, case: str, layer: str, fc:
     np.testing.assert_array_equal(signed.weights, head.weight[exp.target].detach().numpy())
     assert ref_raw.shape == signed.raw.shape
     # relu=False is torchcam's convention: no ReLU on either side, min-max normalised.
-    assert np.abs(_minmax(signed.raw) - _minmax(ref_raw)).max() <= TOL
+    assert np.abs(minmax(signed.raw) - minmax(ref_raw)).max() <= TOL
     # torchcam's own normalisation adds 1e-8 to the map's range: compared where that is negligible (the
     # random-weight MobileNet's maps span ~1e-10, where torchcam's eps dominates its normalised map).
     if np.ptp(ref_raw) > 1e-2:
-        assert np.abs(_minmax(signed.raw) - ref_normalised).max() <= TOL
+        assert np.abs(minmax(signed.raw) - ref_normalised).max() <= TOL
     else:
         assert case == "mobilenet_v2"
     # relu=True: the ReLU of torchcam's unnormalised map.
-    assert np.abs(_minmax(positive.raw) - _norm(ref_raw)).max() <= TOL
+    assert np.abs(minmax(positive.raw) - relu_minmax(ref_raw)).max() <= TOL
     if case == "demo-star":
         assert (signed.raw < 0).any()  # the two conventions really differ here
 
@@ -240,9 +222,9 @@ def test_cam_equals_gradcam_and_hirescam_on_gap_linear_heads(demo_and_pre, tv_mo
     h, w = cam.raw.shape
     np.testing.assert_allclose(grad.weights * h * w, cam.weights, rtol=1e-4, atol=1e-6 * np.abs(cam.weights).max())
     for other in (grad, hires):
-        assert np.abs(_minmax(cam.raw) - _minmax(other.raw)).max() <= 1e-5
+        assert np.abs(minmax(cam.raw) - minmax(other.raw)).max() <= 1e-5
         assert np.abs(cam.map - other.map).max() <= 1e-5
-    assert np.abs(_norm(exp.cam().raw) - _minmax(grad.raw)).max() <= 1e-5  # ReLU + normalise of the signed map
+    assert np.abs(relu_minmax(exp.cam().raw) - minmax(grad.raw)).max() <= 1e-5  # ReLU + normalise of the signed map
 
 
 class _MaxPoolNet(nn.Module):

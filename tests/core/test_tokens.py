@@ -22,7 +22,7 @@ Ablation-CAM's default ablates transformer layers with 0 is shown by
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import numpy as np
 import pytest
@@ -46,6 +46,8 @@ from pytorch_grad_cam import (  # noqa: E402
     XGradCAM,
 )
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget  # noqa: E402
+
+from .conftest import minmax, relu_minmax  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -91,21 +93,6 @@ def image() -> torch.Tensor:
     return torch.rand(3, 240, 240, generator=torch.Generator().manual_seed(5))
 
 
-@pytest.fixture
-def single_blas_thread() -> Iterator[None]:
-    threadpoolctl = pytest.importorskip("threadpoolctl")
-    with threadpoolctl.threadpool_limits(1):
-        yield
-
-
-def _minmax(a: np.ndarray) -> np.ndarray:
-    a = np.asarray(a, dtype=np.float64)
-    span = a.max() - a.min()
-    return np.zeros_like(a) if span == 0 else (a - a.min()) / span
-
-
-def _norm(a: np.ndarray) -> np.ndarray:
-    return _minmax(np.maximum(np.asarray(a, dtype=np.float64), 0))
 
 
 def _oriented(projection: np.ndarray, decomposed: np.ndarray) -> np.ndarray:
@@ -154,7 +141,7 @@ def equivalence_diffs(exp: Explainer, layer: str | None,
         assert ref.shape == res.raw.shape, method
         if method in decomposed:
             ref = _oriented(ref, decomposed[method])
-        diffs[method] = float(np.abs(_norm(res.raw) - _norm(ref)).max())
+        diffs[method] = float(np.abs(relu_minmax(res.raw) - relu_minmax(ref)).max())
     return diffs
 
 
@@ -381,10 +368,10 @@ def test_scorecam_and_ablationcam_equal_pytorch_grad_cam(request, arch: str, lay
     score = exp.scorecam(layer=layer)
     ref = _region_peer_raw(ScoreCAM, model, x, layer, exp.target, reshape)
     assert ref.shape == score.raw.shape
-    assert float(np.abs(_norm(score.raw) - _norm(ref)).max()) <= TOL
+    assert float(np.abs(relu_minmax(score.raw) - relu_minmax(ref)).max()) <= TOL
     ablation = exp.ablationcam(layer=layer, ablation="gradcam")
     ref = _region_peer_raw(AblationCAM, model, x, layer, exp.target, reshape, ablation_layer=AblationLayerVit())
-    assert float(np.abs(_norm(ablation.raw) - _norm(ref)).max()) <= TOL
+    assert float(np.abs(relu_minmax(ablation.raw) - relu_minmax(ref)).max()) <= TOL
     for res in (score, ablation):  # not a comparison of empty maps
         assert float(res.raw.max()) > float(res.raw.min())
 
@@ -532,11 +519,11 @@ def test_reciprocam_and_groupcam_equal_references_on_tokens(small_vit, small_ima
     for variant in ("plain", "gaussian"):
         res = exp.reciprocam(layer=layer, variant=variant, batch_size=5)  # 16 positions: batches of 5, 5, 5, 1
         ref = reference_reciprocam_tokens(small_vit, x, layer, exp.target, variant)
-        assert float(np.abs(_minmax(res.raw) - _minmax(ref)).max()) <= TOL, variant
+        assert float(np.abs(minmax(res.raw) - minmax(ref)).max()) <= TOL, variant
         assert float(res.raw.max()) > float(res.raw.min())
     res = exp.groupcam(layer=layer, groups=8)
     ref = reference_groupcam_tokens(small_vit, x, layer, exp.target, 8)
-    assert float(np.abs(_minmax(res.raw) - _minmax(ref)).max()) <= TOL
+    assert float(np.abs(minmax(res.raw) - minmax(ref)).max()) <= TOL
     assert float(res.raw.max()) > float(res.raw.min())
 
 
