@@ -227,7 +227,8 @@ class CAMExplorer(widgets.VBox):
     @property
     def figures(self) -> dict[str, Any]:
         """The figure each shown pane draws now, by pane name."""
-        return {n: p.figure for n, p in self.panes.items() if p.figure is not None and self._is_shown(n)}
+        shown = {spec.name for spec in pane_specs(self.controller)}
+        return {n: p.figure for n, p in self.panes.items() if p.figure is not None and n in shown}
 
     @validate("opacity")
     def _v_opacity(self, p: dict[str, Any]) -> float:
@@ -330,9 +331,6 @@ class CAMExplorer(widgets.VBox):
         pane.spec = spec
         return pane
 
-    def _is_shown(self, name: str) -> bool:
-        return any(s.name == name for s in pane_specs(self.controller))
-
     def _param_control(self, method: str, param: _registry.Param) -> widgets.Widget:
         """A control for one registry parameter (slider, dropdown or checkbox), built from its entry."""
         label = f"{param.name} ({METHOD_LABELS[method]})"
@@ -417,7 +415,7 @@ class CAMExplorer(widgets.VBox):
             c = self.controller
             self.status.value = c.status
             self.progress.value = c.progress
-            self.progress.bar_style = {"info": "info", "success": "success", "danger": "danger"}[c.level]
+            self.progress.bar_style = c.level  # the controller's levels are the progress bar's styles
             return
         if event == "image":
             self._syncing = True
