@@ -2,8 +2,12 @@
 
 Synthetic samples (``"shapes-<class>"``, ``"shapes-multi"``) come from
 :class:`~camwidgets.datasets.Shapes` with the reserved seed :data:`SAMPLES_SEED`;
-they carry their mask and box, and suit the demo model. The photos come with
-scikit-image (no download) and suit ImageNet models.
+they carry their mask and box, and suit the demo model. Pair samples
+(``"pair-<larger>-<smaller>"``, e.g. ``"pair-circle-star"``) hold two objects of two
+classes from the pair scene of the same seed, and also carry ``labels``, ``masks`` and
+``boxes`` for both: explain one class, then the other, and the map should move from one
+object to the other. The photos come with scikit-image (no download) and suit ImageNet
+models.
 """
 
 from __future__ import annotations
@@ -29,6 +33,19 @@ _PHOTOS: dict[str, tuple[str, str]] = {
     "rocket": ("rocket", "A rocket on the launch pad (scikit-image); ImageNet: missile / space shuttle"),
 }
 
+# Pair samples (larger class, smaller class): each is the first item of the pair scene of
+# SAMPLES_SEED with these classes in this order whose smaller object covers 35-80 % of the
+# larger's area (both clearly visible, one clearly larger). Together they use every class.
+_PAIRS: tuple[tuple[str, str], ...] = (
+    ("circle", "star"),
+    ("square", "cross"),
+    ("ring", "arrow"),
+    ("crescent", "triangle"),
+    ("star", "crescent"),
+    ("triangle", "square"),
+)
+_PAIR_SCAN = 400
+
 
 @lru_cache(maxsize=1)
 def _synthetic_index() -> dict[str, int]:
@@ -42,16 +59,38 @@ def _synthetic_index() -> dict[str, int]:
     return found
 
 
+@lru_cache(maxsize=1)
+def _pair_index() -> dict[str, int]:
+    ds = Shapes(_PAIR_SCAN, SAMPLES_SEED, scene="pair")
+    wanted = {(CLASSES.index(a), CLASSES.index(b)): f"pair-{a}-{b}" for a, b in _PAIRS}
+    found: dict[str, int] = {}
+    for i in range(len(ds)):
+        item = ds[i]
+        name = wanted.get(item["labels"])
+        if name is None or name in found:
+            continue
+        big, small = item["labels"]
+        if 0.35 <= item["masks"][small].sum() / item["masks"][big].sum() <= 0.8:
+            found[name] = i
+            if len(found) == len(wanted):
+                break
+    return found
+
+
 def list_samples(kind: str = "all") -> list[str]:
-    """Names of the bundled samples: ``kind`` is ``"all"``, ``"synthetic"`` or ``"photo"``."""
-    synthetic = [f"shapes-{c}" for c in CLASSES] + ["shapes-multi"]
+    """Names of the bundled samples: ``kind`` is ``"all"``, ``"synthetic"`` (single, multi
+    and pair scenes), ``"pair"`` or ``"photo"``."""
+    pairs = [f"pair-{a}-{b}" for a, b in _PAIRS]
+    synthetic = [f"shapes-{c}" for c in CLASSES] + ["shapes-multi"] + pairs
     if kind == "synthetic":
         return synthetic
+    if kind == "pair":
+        return pairs
     if kind == "photo":
         return list(_PHOTOS)
     if kind == "all":
         return synthetic + list(_PHOTOS)
-    raise ValueError(f"kind must be 'all', 'synthetic' or 'photo', not {kind!r}.")
+    raise ValueError(f"kind must be 'all', 'synthetic', 'pair' or 'photo', not {kind!r}.")
 
 
 def load_sample(name: str) -> dict[str, Any]:
@@ -59,8 +98,22 @@ def load_sample(name: str) -> dict[str, Any]:
 
     Returns a dict with ``image`` (float32 tensor ``(3, H, W)`` in [0, 1]), ``label``
     (class name or None), ``mask`` (bool array ``(H, W)`` or None), ``box`` (``(x0, y0,
-    x1, y1)`` inclusive, or None) and ``description``.
+    x1, y1)`` inclusive, or None) and ``description``. Pair samples describe the larger
+    object with ``label`` / ``mask`` / ``box`` and also hold ``labels`` (both class names,
+    larger first), ``masks`` and ``boxes`` (dicts keyed by class name).
     """
+    if name.startswith("pair-"):
+        index = _pair_index().get(name)
+        if index is None:
+            raise ValueError(f"Unknown sample {name!r}; choose one of {list_samples()}.")
+        item = Shapes(_PAIR_SCAN, SAMPLES_SEED, scene="pair")[index]
+        big, small = (CLASSES[c] for c in item["labels"])
+        return {"image": item["image"], "label": big, "mask": item["mask"], "box": item["box"],
+                "labels": (big, small),
+                "masks": {CLASSES[c]: m for c, m in item["masks"].items()},
+                "boxes": {CLASSES[c]: b for c, b in item["boxes"].items()},
+                "description": (f"Synthetic {big} (larger) and {small} on clutter "
+                                f"(Shapes pair scene, seed {SAMPLES_SEED})")}
     if name.startswith("shapes-"):
         cls = name.removeprefix("shapes-")
         if cls == "multi":
