@@ -228,6 +228,24 @@ class _Item:
     label: int | None
     mask: Any
     box: Any
+    masks: Mapping[Any, Any] | None = None
+    boxes: Mapping[Any, Any] | None = None
+    other_masks: Sequence[Any] | None = None
+
+    def truth_for(self, target: int) -> tuple[Any, Any, list[Any] | None]:
+        """Mask, box and the other objects' masks for the explained class ``target``.
+
+        An item with per-class ``masks`` (a pair scene) is scored against the explained
+        class's own object, the others being the rest; without them (or when ``target`` has
+        no object in the image) against its ``mask`` / ``box``, the others being
+        ``other_masks``.
+        """
+        others = None if self.other_masks is None else list(self.other_masks)
+        if self.masks is not None and target in self.masks:
+            box = self.boxes.get(target) if self.boxes is not None else None
+            rest = [m for c, m in self.masks.items() if c != target]
+            return self.masks[target], box, (rest or None) if others is None else others
+        return self.mask, self.box, others
 
 
 def _as_item(raw: Any, index: int) -> _Item:
@@ -235,7 +253,16 @@ def _as_item(raw: Any, index: int) -> _Item:
         if "image" not in raw:
             raise ValueError(f"Dataset item {index} is a dict without an 'image' key (keys: {sorted(raw)}).")
         label = raw.get("target", raw.get("label"))
-        return _Item(raw["image"], _as_label(label, index), raw.get("mask"), raw.get("box"))
+        masks, boxes, others = raw.get("masks"), raw.get("boxes"), raw.get("other_masks")
+        if masks is not None and not isinstance(masks, Mapping):
+            raise ValueError(f"Dataset item {index}: 'masks' must be a dict {{class index: mask}}, "
+                             f"got {type(masks).__name__}.")
+        if boxes is not None and not isinstance(boxes, Mapping):
+            boxes = None  # a list of per-object boxes of one class (multi-object scenes): not per class
+        if others is not None and (isinstance(others, Mapping) or not isinstance(others, Sequence)):
+            raise ValueError(f"Dataset item {index}: 'other_masks' must be a list of masks, "
+                             f"got {type(others).__name__}.")
+        return _Item(raw["image"], _as_label(label, index), raw.get("mask"), raw.get("box"), masks, boxes, others)
     if isinstance(raw, tuple) and len(raw) == 2 and isinstance(raw[1], (int, np.integer, torch.Tensor)):
         return _Item(raw[0], _as_label(raw[1], index), None, None)  # torchvision-style (image, label)
     return _Item(raw, None, None, None)
@@ -276,26 +303,31 @@ def _iterate(dataset: Any) -> Iterator[tuple[int, Callable[[], Any]]]:
             yield i, given(raw)
 
 
-def _ground_truth_at(item: _Item, hw: tuple[int, int], source_hw: tuple[int, int],
+def _mask_at(raw: Any, hw: tuple[int, int], source_hw: tuple[int, int], preprocess: Preprocess | None
+             ) -> np.ndarray:
+    m = raw.detach().cpu().numpy() if isinstance(raw, torch.Tensor) else np.asarray(raw)
+    m = np.squeeze(m).astype(bool)
+    if m.shape == hw:
+        return m
+    if m.shape == source_hw and preprocess is not None:
+        return _warp_mask(m, preprocess)
+    raise ValueError(f"The mask has shape {m.shape}; expected the image's {source_hw} or the preprocessed {hw}.")
+
+
+def _ground_truth_at(item: _Item, target: int, hw: tuple[int, int], source_hw: tuple[int, int],
                      preprocess: Preprocess | None
-                     ) -> tuple[np.ndarray | None, tuple[int, int, int, int] | None]:
-    """The item's mask and box on the preprocessed image's pixel grid ``hw``."""
-    mask = box = None
-    if item.mask is not None:
-        m = item.mask.detach().cpu().numpy() if isinstance(item.mask, torch.Tensor) else np.asarray(item.mask)
-        m = np.squeeze(m).astype(bool)
-        if m.shape == hw:
-            mask = m
-        elif m.shape == source_hw and preprocess is not None:
-            mask = _warp_mask(m, preprocess)
-        else:
-            raise ValueError(
-                f"The mask has shape {m.shape}; expected the image's {source_hw} or the preprocessed {hw}."
-            )
-    if item.box is not None:
-        b = tuple(round(float(v)) for v in np.asarray(item.box).reshape(-1))
+                     ) -> tuple[np.ndarray | None, tuple[int, int, int, int] | None, np.ndarray | None]:
+    """The explained class's mask and box, and the other objects' union mask, on the preprocessed grid ``hw``."""
+    raw_mask, raw_box, raw_others = item.truth_for(target)
+    mask = box = other = None
+    if raw_mask is not None:
+        mask = _mask_at(raw_mask, hw, source_hw, preprocess)
+    if raw_others:
+        other = np.logical_or.reduce([_mask_at(m, hw, source_hw, preprocess) for m in raw_others])
+    if raw_box is not None:
+        b = tuple(round(float(v)) for v in np.asarray(raw_box).reshape(-1))
         if len(b) != 4:
-            raise ValueError(f"A box must be (x0, y0, x1, y1), got {item.box!r}.")
+            raise ValueError(f"A box must be (x0, y0, x1, y1), got {raw_box!r}.")
         if source_hw == hw and (preprocess is None or _warp_is_identity(preprocess, hw)):
             box = (b[0], b[1], b[2], b[3])
         else:  # rasterise, move with the geometry, take the tight box again
@@ -303,7 +335,7 @@ def _ground_truth_at(item: _Item, hw: tuple[int, int], source_hw: tuple[int, int
             bm[max(b[1], 0):b[3] + 1, max(b[0], 0):b[2] + 1] = True
             warped = _warp_mask(bm, preprocess) if preprocess is not None else bm
             box = M._mask_box(warped)
-    return mask, box
+    return mask, box, other
 
 
 def _warp_is_identity(preprocess: Preprocess, hw: tuple[int, int]) -> bool:
@@ -1133,6 +1165,7 @@ class _Prepared:
     logits: torch.Tensor
     explainer: Any = None
     capture_seconds: float = 0.0
+    other_mask: np.ndarray | None = None
 
 
 @dataclass(frozen=True, eq=False)
@@ -1209,9 +1242,10 @@ class _Task:
         predicted = int(logits.argmax(dim=1)[0])
         prob = float(torch.softmax(logits, dim=1)[0, tgt])
         needs_truth = any(_metric_registry.get_metric(m).needs_ground_truth for m in self.metric_list)
-        mask, box = (_ground_truth_at(item, hw, (int(pixels.shape[-2]), int(pixels.shape[-1])), preprocess)
-                     if needs_truth else (None, None))
-        return _Prepared(item, geo, predicted, tgt, prob, mask, box, logits, explainer, seconds)
+        mask, box, other = (
+            _ground_truth_at(item, tgt, hw, (int(pixels.shape[-2]), int(pixels.shape[-1])), preprocess)
+            if needs_truth else (None, None, None))
+        return _Prepared(item, geo, predicted, tgt, prob, mask, box, logits, explainer, seconds, other)
 
     def run(self, index: int, load: Callable[[], Any], todo: Sequence[str],
             on_row: Callable[[dict[str, Any]], None] | None = None,
@@ -1254,7 +1288,8 @@ class _Task:
                 seconds = time.perf_counter() - t0
                 t1 = time.perf_counter()
                 values = _score(model, p.geo, emap, tgt, self.norm_only, self.metric_list, self.params, self.steps,
-                                self.batch_size, p.mask, p.box, self.factory, self.layers, spec, p.logits)
+                                self.batch_size, p.mask, p.box, self.factory, self.layers, spec, p.logits,
+                                p.other_mask)
                 metric_seconds = time.perf_counter() - t1
             except (KeyboardInterrupt, SystemExit):
                 raise
@@ -1313,7 +1348,8 @@ def _executor(executor: Any) -> Any:
 def _score(model: nn.Module, geo: torch.Tensor, emap: np.ndarray, tgt: int, norm_only: Preprocess | None,
            metric_list: Sequence[str], params: Mapping[str, Mapping[str, Any]], steps: int, batch_size: int,
            mask: np.ndarray | None, box: tuple[int, int, int, int] | None, factory: ExplainerFactory,
-           layers: Any, spec: Mapping[str, Any], logits: torch.Tensor | None = None) -> dict[str, Any]:
+           layers: Any, spec: Mapping[str, Any], logits: torch.Tensor | None = None,
+           other_mask: np.ndarray | None = None) -> dict[str, Any]:
     """Every requested metric of one map, through the metric registry (shared passes computed once)."""
     def explain_fn(masked: torch.Tensor, t: int) -> Any:
         ex = factory(model, masked, target=t, layers=layers, preprocess=norm_only)
@@ -1321,7 +1357,8 @@ def _score(model: nn.Module, geo: torch.Tensor, emap: np.ndarray, tgt: int, norm
 
     ctx = _metric_registry.MetricContext(model=model, pixels=geo, saliency_map=emap, target=tgt,
                                          preprocess=norm_only, steps=steps, batch_size=batch_size, mask=mask,
-                                         box=box, explain_fn=explain_fn, params=params, logits=logits)
+                                         box=box, explain_fn=explain_fn, params=params, logits=logits,
+                                         other_mask=other_mask)
     out: dict[str, Any] = {}
     for name in metric_list:
         out.update(_metric_registry.get_metric(name).compute(ctx))

@@ -82,6 +82,9 @@ class MetricContext:
     logits : Tensor (1, num_classes) or None
         The unmasked image's logits, when the caller already ran that pass (the explainer's
         forward): Average Drop and Increase in Confidence then run only the masked image.
+    other_mask : bool ndarray (H, W) or None
+        The objects of the other classes in the image (their union), at the map's resolution;
+        None for a single-class image (class-discriminativeness then has no value).
     """
 
     model: nn.Module
@@ -96,6 +99,7 @@ class MetricContext:
     explain_fn: Callable[[torch.Tensor, int], Any] | None = None
     params: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     logits: torch.Tensor | None = None
+    other_mask: np.ndarray | None = None
     _shared: dict[Hashable, Any] = field(default_factory=dict, repr=False)
 
     def shared(self, key: Hashable, compute: Callable[[], Any]) -> Any:
@@ -223,6 +227,14 @@ def _localisation(ctx: MetricContext) -> Values:
             "f1": float(loc.f1), "box_iou": float(loc.box_iou)}
 
 
+def _discrimination(ctx: MetricContext) -> Values:
+    cols = ("discrimination", "energy_other", "pointing_other")
+    if ctx.truth is None or ctx.other_mask is None:
+        return dict.fromkeys(cols)
+    res = M.class_discrimination(ctx.saliency_map, ctx.truth, ctx.other_mask)
+    return {c: float(getattr(res, c)) for c in cols}
+
+
 # ----------------------------------------------------------------------------------------
 # the registry
 # ----------------------------------------------------------------------------------------
@@ -273,6 +285,14 @@ _ENTRIES: tuple[Metric, ...] = (
            "component's box against the ground-truth box.",
            "Zhou et al., 'Learning Deep Features for Discriminative Localization', CVPR 2016, arXiv:1512.04150 "
            "(box localisation)."),
+    Metric("discrimination", "Class discrimination",
+           (Column("discrimination", "discrim.", "higher"), Column("energy_other", "energy other", "lower"),
+            Column("pointing_other", "PG other", "lower")), True, False, _discrimination,
+           "on an image with objects of several classes: the map's energy inside the explained class's object "
+           "minus its energy inside the other objects (in [-1, 1]), and whether its maximum lies on another "
+           "object; no value for single-class images.",
+           "Selvaraju et al., 'Grad-CAM: Visual Explanations from Deep Networks via Gradient-based "
+           "Localization', ICCV 2017, arXiv:1610.02391 (class-discriminative maps)."),
 )
 
 #: Every registered metric by name, in the order rows and tables list them.

@@ -69,9 +69,11 @@ __all__ = [
     "ADCCResult",
     "ConfidenceChange",
     "CurveResult",
+    "DiscriminationResult",
     "LocalisationResult",
     "adcc",
     "average_drop",
+    "class_discrimination",
     "coherency",
     "complexity",
     "confidence_change",
@@ -205,6 +207,30 @@ class LocalisationResult:
     f1: Value
     box_iou: Value
     predicted_box: Any
+
+
+@dataclass(frozen=True)
+class DiscriminationResult:
+    """Where a map of class ``c`` puts its evidence when the image holds objects of other classes.
+
+    Attributes
+    ----------
+    energy_target, energy_other : float or ndarray (N,)
+        Share of the map's energy inside the explained class's object ``G_c`` and inside the
+        other objects ``G_o`` (their union), in ``[0, 1]``; 0 for an all-zero map.
+    pointing_target, pointing_other : float or ndarray (N,)
+        1.0 when the map's maximum lies on ``G_c`` (``G_o``), else 0.0.
+    discrimination : float or ndarray (N,)
+        ``energy_target − energy_other``, in ``[−1, 1]``: 1 when all the energy is on the
+        explained object, −1 when all of it is on the other class's object, 0 for a map that
+        does not tell the two apart (or that has no energy).
+    """
+
+    energy_target: Value
+    energy_other: Value
+    pointing_target: Value
+    pointing_other: Value
+    discrimination: Value
 
 
 # ----------------------------------------------------------------------------------------
@@ -1285,3 +1311,38 @@ def localisation(saliency_map: MapLike, mask_or_box: Any, box: Any = None, *, th
         res["box_iou"].append(_box_iou(pb, gt_boxes[i]) if pb is not None else 0.0)
     vals = {k: _unbatch(np.asarray(v), single) for k, v in res.items()}
     return LocalisationResult(predicted_box=pred_boxes[0] if single else pred_boxes, **vals)
+
+
+def class_discrimination(saliency_map: MapLike, target_truth: Any, other_truth: Any) -> DiscriminationResult:
+    r"""Class-discriminativeness of a map on an image with objects of several classes.
+
+    A map explaining class ``c`` should put its evidence on the object of ``c`` and not on the
+    objects of the other classes in the same image (Grad-CAM's "class-discriminative"
+    property; Selvaraju et al., 'Grad-CAM', ICCV 2017, arXiv:1610.02391, §3). With ``G_c`` the
+    explained class's mask and ``G_o`` the union of the other objects' masks:
+
+    .. math:: e_c = \frac{\sum_{G_c} E}{\sum E},\quad e_o = \frac{\sum_{G_o} E}{\sum E},
+              \quad \mathrm{discrimination} = e_c - e_o
+
+    (each share is the energy pointing game against that mask), and the pointing game
+    against each mask. Explaining each class of a two-object image in turn and averaging
+    scores the method on both objects.
+
+    Parameters
+    ----------
+    saliency_map : array ``(H, W)`` / ``(N, H, W)`` in ``[0, 1]``, or result(s) with ``.map``
+    target_truth, other_truth : bool mask ``(H, W)`` / ``(N, H, W)`` or box ``(x0, y0, x1, y1)`` / ``(N, 4)``
+        The explained class's object and the other objects.
+
+    Returns
+    -------
+    DiscriminationResult
+        ``energy_target``, ``energy_other``, ``pointing_target``, ``pointing_other`` and
+        ``discrimination`` (floats for one map, ``(N,)`` arrays for a batch).
+    """
+    e_c = energy_pointing_game(saliency_map, target_truth)
+    e_o = energy_pointing_game(saliency_map, other_truth)
+    p_c = pointing_game(saliency_map, target_truth)
+    p_o = pointing_game(saliency_map, other_truth)
+    disc = e_c - e_o if isinstance(e_c, float) else np.asarray(e_c) - np.asarray(e_o)
+    return DiscriminationResult(e_c, e_o, p_c, p_o, disc)
