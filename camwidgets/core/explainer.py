@@ -190,11 +190,15 @@ def _static_num_classes(model: nn.Module) -> int | None:
     torchvision VGG) the last registered leaf module is the classifier's ``nn.Linear``;
     for any other model None (the target is then checked right after the forward pass).
     """
-    from torchvision.models import VGG
+    from .layers import _known_blocks, _torchvision_loaded
 
-    from .layers import _known_blocks
+    if _torchvision_loaded():  # else the model cannot be one of torchvision's (nothing imported here)
+        from torchvision.models import VGG
 
-    if not (isinstance(model, VGG) or _known_blocks(model)):
+        is_vgg = isinstance(model, VGG)
+    else:
+        is_vgg = False
+    if not (is_vgg or _known_blocks(model)):
         return None
     last = None
     for m in model.modules():

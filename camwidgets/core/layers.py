@@ -7,7 +7,8 @@ and that ends a block of the network:
 ============================  ==============================================================
 architecture                  candidate layers
 ============================  ==============================================================
-ResNet (and the demo model)   every ``BasicBlock`` / ``Bottleneck`` (``layer1.0`` … ``layer4.2``)
+ResNet (and the demo model)   every ``BasicBlock`` / ``Bottleneck`` (``layer1.0`` … ``layer4.2``;
+                              the demo model's own ``BasicBlock`` as torchvision's)
 VGG                           every ReLU that follows a convolution (through a BatchNorm)
 DenseNet                      every dense block and every transition
 MobileNet v2 / v3             every inverted-residual block, then the last 1x1 head conv
@@ -66,6 +67,7 @@ Candidates are listed in forward order; the *default single layer* is the last o
 from __future__ import annotations
 
 import difflib
+import sys
 from collections.abc import Iterable, Sequence
 
 from torch import nn
@@ -83,8 +85,29 @@ _ACTIVATIONS = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.GELU, nn.SiLU, nn.Ha
 _NORMS = (nn.BatchNorm2d, nn.GroupNorm, nn.InstanceNorm2d, nn.LayerNorm)
 
 
+def _torchvision_loaded() -> bool:
+    """Whether torchvision is imported: if not, no model can hold one of its modules.
+
+    Recognising torchvision's blocks never imports torchvision, which takes seconds (its
+    ``ops`` import ``torch._dynamo``): a model built from torchvision's classes has
+    imported it already.
+    """
+    return "torchvision" in sys.modules
+
+
 def _block_types() -> tuple[tuple[type, ...], tuple[type, ...]]:
-    """``(block classes, classes whose models get the head conv appended)`` of torchvision."""
+    """``(block classes, classes whose models get the head conv appended)``: torchvision's,
+    when torchvision is imported, and the demo model's :class:`~camwidgets.models.demo.BasicBlock`,
+    when its module is imported (neither is imported here)."""
+    blocks: tuple[type, ...] = ()
+    with_head: tuple[type, ...] = ()
+    demo = sys.modules.get("camwidgets.models.demo")
+    block = getattr(demo, "BasicBlock", None)
+    if isinstance(block, type):
+        blocks += (block,)
+    if not _torchvision_loaded():
+        return blocks, with_head
+
     from torchvision.models import (
         convnext,
         densenet,
@@ -98,7 +121,7 @@ def _block_types() -> tuple[tuple[type, ...], tuple[type, ...]]:
         vision_transformer,
     )
 
-    blocks: tuple[type, ...] = (
+    blocks += (
         resnet.BasicBlock, resnet.Bottleneck,
         densenet._DenseBlock, densenet._Transition,
         mobilenetv2.InvertedResidual, mobilenetv3.InvertedResidual,
@@ -145,7 +168,7 @@ def _known_blocks(model: nn.Module) -> list[str]:
         if (isinstance(features, nn.Sequential) and isinstance(features[-1], Conv2dNormActivation)
                 and id(features[-1]) not in shared):
             names.append(f"features.{len(features) - 1}")
-    if names:
+    if names and _torchvision_loaded():
         from torchvision.models.vision_transformer import EncoderBlock
 
         last = model.get_submodule(names[-1])

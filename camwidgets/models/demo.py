@@ -11,12 +11,11 @@ from importlib import resources
 
 import torch
 from torch import nn
-from torchvision.models.resnet import BasicBlock
 
 from ..core.preprocess import Preprocess
 from ..datasets.shapes import CLASSES
 
-__all__ = ["DEMO_MEAN", "DEMO_SIZE", "DEMO_STD", "DemoNet", "demo_preprocess", "load_demo_model"]
+__all__ = ["DEMO_MEAN", "DEMO_SIZE", "DEMO_STD", "BasicBlock", "DemoNet", "demo_preprocess", "load_demo_model"]
 
 #: Normalisation of the demo model's input (ImageNet's, so it reads like torchvision's).
 DEMO_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
@@ -26,11 +25,49 @@ DEMO_SIZE: int = 128
 _WEIGHTS = "demo_model.pt"
 
 
+def _conv3x3(cin: int, cout: int, stride: int = 1) -> nn.Conv2d:
+    return nn.Conv2d(cin, cout, kernel_size=3, stride=stride, padding=1, bias=False)
+
+
+class BasicBlock(nn.Module):
+    """torchvision's ResNet ``BasicBlock`` (groups 1, dilation 1, BatchNorm), without torchvision.
+
+    Same submodules, in the same order (``conv1``, ``bn1``, ``relu``, ``conv2``, ``bn2``,
+    ``downsample``), hence the same state-dict keys, parameter initialisation and output as
+    :class:`torchvision.models.resnet.BasicBlock`: conv3x3 (stride) - BN - ReLU - conv3x3 - BN,
+    plus the identity (or ``downsample(x)``), then ReLU. Importing torchvision costs seconds
+    (its ``ops`` import ``torch._dynamo``), so the demo model does without it;
+    :mod:`camwidgets.core.layers` recognises this block as it does torchvision's.
+    """
+
+    expansion: int = 1
+
+    def __init__(self, inplanes: int, planes: int, stride: int = 1,
+                 downsample: nn.Module | None = None) -> None:
+        super().__init__()
+        self.conv1 = _conv3x3(inplanes, planes, stride)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.relu = nn.ReLU(inplace=True)
+        self.conv2 = _conv3x3(planes, planes)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.downsample = downsample
+        self.stride = stride
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        identity = x
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        if self.downsample is not None:
+            identity = self.downsample(x)
+        out += identity
+        return self.relu(out)
+
+
 class DemoNet(nn.Module):
     """A torchvision-style ResNet small enough to train on a 2-core CPU.
 
     Stem (3x3 conv, stride 2, BN, ReLU), four stages ``layer1``-``layer4`` of two
-    torchvision :class:`~torchvision.models.resnet.BasicBlock` each (8 blocks; strides
+    :class:`BasicBlock` each (torchvision's block, rewritten here; 8 blocks; strides
     1, 2, 2, 2), global average pooling and one linear head ``fc``. On a 128x128
     input the stages give 64, 32, 16 and 8 pixel feature maps (no max-pool, so the
     last block keeps an 8x8 map for CAMs).
@@ -100,5 +137,6 @@ def load_demo_model(device: str | torch.device = "cpu") -> tuple[DemoNet, Prepro
                 "retrain them with: python -m camwidgets.datasets.train_demo"
             )
         state = torch.load(path, map_location="cpu", weights_only=True)
-    model.load_state_dict(state)
+    # assign: the loaded tensors become the parameters (copying them into the fresh ones cost ~50 ms)
+    model.load_state_dict(state, strict=True, assign=True)
     return model.eval().to(device), demo_preprocess(), list(CLASSES)

@@ -69,3 +69,37 @@ def test_every_top_level_name_imports() -> None:
 
     for name in camwidgets.__all__:
         exec(f"from camwidgets import {name}", {})
+
+
+def test_explorer_on_the_demo_model_never_imports_torchvision() -> None:
+    """torchvision (seconds to import: its ``ops`` import ``torch._dynamo``) is not needed by the demo
+    model, whose BasicBlock is camwidgets' own: neither building the explorer nor drawing its first maps
+    imports it, and the default layer is still the demo model's last block."""
+    code = (
+        "import sys, time, camwidgets\n"
+        "ex = camwidgets.CAMExplorer()\n"
+        "assert 'torchvision' not in sys.modules, 'imported by the construction'\n"
+        "t = time.perf_counter()\n"
+        "while ex.map_updates < 1 and not ex.message and time.perf_counter() - t < 240:\n"
+        "    time.sleep(0.01)\n"
+        "assert ex.map_updates >= 1, ex.message or 'no maps'\n"
+        "assert ex.controller.explainer.default_layer == 'layer4.1', ex.controller.explainer.default_layer\n"
+        "ex.close()"
+    )
+    assert _loaded_after(code, ("torchvision", "torch._dynamo")) == []
+
+
+def test_core_at_work_loads_no_widget_stack() -> None:
+    """Explaining with camwidgets.Explainer and running camwidgets.evaluate import neither plotly nor
+    ipywidgets (nor anything of camwidgets.viz / camwidgets.widgets), nor torchvision for the demo model."""
+    code = (
+        "import camwidgets\n"
+        "from camwidgets.datasets import Shapes, load_sample\n"
+        "from camwidgets.models import load_demo_model\n"
+        "model, pre, _ = load_demo_model()\n"
+        "camwidgets.Explainer(model, load_sample('shapes-star')['image'], preprocess=pre).explain('gradcam')\n"
+        "camwidgets.evaluate(model, Shapes(1, seed=3), methods=['gradcam'], metrics=['deletion'],\n"
+        "                    preprocess=pre, steps=4, progress=False)"
+    )
+    watched = ("ipywidgets", "plotly", "anywidget", "camwidgets.widgets", "camwidgets.viz", "torchvision")
+    assert _loaded_after(code, watched) == []
