@@ -48,3 +48,9 @@ def test_unknown_sample_names_the_choices():
         load_sample("pair-circle-circle")
     with pytest.raises(ValueError, match="kind"):
         list_samples("video")
+
+
+def test_stored_pair_indices_are_those_the_search_finds():
+    from camwidgets.datasets.samples import _pair_index, _scan_pair_index
+
+    assert _pair_index() == _scan_pair_index()
