@@ -22,13 +22,14 @@ metric rows changed), ``"curves"`` (the insertion / deletion curves changed), ``
 
 from __future__ import annotations
 
+import atexit
 import html
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Hashable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
-from weakref import WeakKeyDictionary
+from weakref import WeakKeyDictionary, WeakSet
 
 import torch
 from traitlets import Enum, Float, HasTraits, Int, List, TraitError, Unicode, observe, validate
@@ -44,6 +45,10 @@ from ._runner import LatestRunner
 
 __all__ = ["CURVE_STEPS", "DEFAULT_METHODS", "FAST_ABOVE_CHANNELS", "LARGE_MODEL_CURVE_STEPS", "METHOD_LABELS",
            "METRIC_COLUMNS", "ExplorerController"]
+
+#: The bundled sample the explorer opens on with the demo model: two objects of two classes, so
+#: that moving the class dropdown from one to the other moves the maps from one object to the other.
+DEMO_IMAGE = "pair-circle-star"
 
 #: Display names of the methods, from the method registry (registry order).
 METHOD_LABELS: dict[str, str] = {m.name: m.label for m in _registry.methods()}
@@ -63,6 +68,17 @@ CURVE_STEPS, LARGE_MODEL_CURVE_STEPS = 50, 16
 METRIC_COLUMNS: tuple[str, ...] = ("AD ↓", "IC ↑", "insertion ↑", "deletion ↓", "ADCC ↑")
 #: Seconds close() waits for a running computation to stop (it stops at the core's next checkpoint).
 CLOSE_TIMEOUT = 30.0
+
+# Every controller not yet closed. At interpreter exit they are closed (their workers stopped at
+# the core's next checkpoint) before Python tears down: a worker thread still inside a torch
+# operation then would abort the process ("terminate called without an active exception").
+_LIVE: WeakSet[ExplorerController] = WeakSet()
+
+
+@atexit.register
+def _close_all() -> None:
+    for controller in list(_LIVE):
+        controller.close()
 
 
 def _default_layer_channels(model: torch.nn.Module) -> tuple[int | None, str | None]:
@@ -138,13 +154,14 @@ class ExplorerController(HasTraits):
         self._closed = False
         self._started = False
         super().__init__()
+        _LIVE.add(self)
         if model is None:
             from ..models.demo import load_demo_model
 
             model, demo_pre, demo_names = load_demo_model()
             preprocess = preprocess or demo_pre
             class_names = class_names or demo_names
-            image = "shapes-star" if image is None else image
+            image = DEMO_IMAGE if image is None else image
         elif image is None:
             image = "chelsea"
         if not isinstance(model, torch.nn.Module):
@@ -334,6 +351,7 @@ class ExplorerController(HasTraits):
         if getattr(self, "_closed", True):
             return
         self._closed = True
+        _LIVE.discard(self)
         self._generation = getattr(self, "_generation", 0) + 1  # running metrics are stale now
         for name in ("_runner", "_metrics_runner", "_sanity_runner"):
             runner = getattr(self, name, None)

@@ -184,3 +184,15 @@ def test_a_pane_view_closes_and_forgets_its_figure(demo):
     pane.close()
     pane.close()
     assert pane.figure is None and _registered() == before
+
+
+def test_a_script_that_never_closes_its_explorer_exits_cleanly():
+    """At exit the explorer's workers are stopped before Python tears down: a worker still inside
+    a torch operation then aborted the process ("terminate called without an active exception")."""
+    import subprocess
+    import sys
+
+    code = "import camwidgets; camwidgets.CAMExplorer()"  # exits while the first maps are computed
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, (proc.returncode, proc.stderr[-2000:])
+    assert "terminate called" not in proc.stderr

@@ -6,7 +6,10 @@ import numpy as np
 import pytest
 import torch
 
+from camwidgets.core.metrics import class_discrimination
+from camwidgets.datasets import load_sample
 from camwidgets.widgets import CAMExplorer
+from camwidgets.widgets.controller import DEMO_IMAGE
 
 
 class PassCounter:
@@ -41,12 +44,31 @@ def test_opens_on_demo_model_with_default_panes(explorer):
         z = _z(explorer.figures[m])
         assert z.shape == (128, 128) and float(z.max()) == pytest.approx(1.0) and float(z.min()) >= 0.0
         assert np.array_equal(z, explorer.results[m].map)
-    assert explorer.explainer.target == explorer.class_names.index("star")
+    # the pair scene's larger object is the prediction
+    assert explorer.explainer.target == explorer.class_names.index(load_sample(DEMO_IMAGE)["label"])
     # the target dropdown offers top-5 first, then every class
     opts = explorer.target_picker.options
     assert opts[0][1] is None and len(opts) == 1 + len(explorer.class_names)
     # ... and shows its first entry ("predicted: ..."), not a blank box: value None alone selects nothing
     assert explorer.target_picker.index == 0 and explorer.target_picker.label.startswith("predicted")
+
+
+def test_the_class_menu_moves_every_map_from_one_object_to_the_other(explorer):
+    scene = load_sample(DEMO_IMAGE)
+    assert set(scene["labels"]) == {"circle", "star"}
+    try:
+        for name, other in (scene["labels"], scene["labels"][::-1]):
+            explorer.target = explorer.class_names.index(name)
+            assert explorer.wait(120) and explorer.message == ""
+            assert explorer.explainer.target == explorer.class_names.index(name)
+            for method, result in explorer.results.items():
+                d = class_discrimination(result.map, scene["masks"][name], scene["masks"][other])
+                # most of the energy the two objects hold is on the explained one
+                assert d.energy_target > 2 * d.energy_other, (name, method, d)
+                assert d.pointing_other == 0.0, (name, method, d)
+    finally:
+        explorer.target = None
+        assert explorer.wait(120)
 
 
 def test_threshold_redraws_only_icam_and_runs_no_model_pass(explorer):
