@@ -1,4 +1,4 @@
-"""camwidgets.metrics re-exports camwidgets.core.metrics and stays free of widget imports."""
+"""camwidgets.metrics re-exports camwidgets.core.metrics and core.road, and stays free of widget imports."""
 
 from __future__ import annotations
 
@@ -7,13 +7,15 @@ import sys
 
 import camwidgets
 import camwidgets.core.metrics as core_metrics
+import camwidgets.core.road as core_road
 import camwidgets.metrics as public_metrics
 
 
 def test_public_module_re_exports_the_core() -> None:
-    assert sorted(public_metrics.__all__) == sorted(core_metrics.__all__)
-    for name in core_metrics.__all__:
-        assert getattr(public_metrics, name) is getattr(core_metrics, name), name
+    assert sorted(public_metrics.__all__) == sorted([*core_metrics.__all__, *core_road.__all__])
+    for module in (core_metrics, core_road):
+        for name in module.__all__:
+            assert getattr(public_metrics, name) is getattr(module, name), name
     assert camwidgets.metrics is public_metrics
 
 

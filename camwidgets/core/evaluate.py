@@ -50,8 +50,8 @@ __all__ = ["DEFAULT_METHODS", "DEFAULT_METRICS", "METRIC_COLUMNS", "EvaluationRe
 
 #: Methods evaluated by default: the registry's entries marked ``in_evaluate``.
 DEFAULT_METHODS: tuple[str, ...] = tuple(m.name for m in _methods.methods() if m.in_evaluate)
-#: Metrics evaluated by default: every registered metric.
-DEFAULT_METRICS: tuple[str, ...] = tuple(_metric_registry.METRICS)
+#: Metrics evaluated by default: the registered metrics marked ``default`` (all but ROAD and ARCC).
+DEFAULT_METRICS: tuple[str, ...] = tuple(m.name for m in _metric_registry.list_metrics() if m.default)
 #: Row columns each metric name produces (from the metric registry).
 METRIC_COLUMNS: Mapping[str, tuple[str, ...]] = {m.name: m.column_names for m in _metric_registry.list_metrics()}
 _META_COLUMNS = ("index", "method", "label", "target", "predicted", "probability", "seconds",
@@ -943,6 +943,11 @@ def evaluate(
         :data:`METRIC_COLUMNS` gives the row columns each one writes). Ground-truth
         metrics give None for items without a mask/box (a box alone is used as the
         mask; with a mask, ``box_iou`` uses the item's box, else the mask's tight box).
+        The default leaves out the metrics registered with ``default=False``, ROAD and
+        ARCC (costlier than insertion and deletion together: a sparse solve per
+        percentile, order and map); ask for them by name, e.g.
+        ``metrics=[*DEFAULT_METRICS, "road", "arcc"]``, with their settings in
+        ``metric_params={"road": {"percentiles": ..., "noise": ..., "seed": ...}}``.
     preprocess : Preprocess or None
         The model's preprocessing (maps live on ``preprocess.geometry``'s output).
     target : "label", "predicted" or int, default "label"

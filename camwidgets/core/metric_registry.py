@@ -8,7 +8,8 @@ names exists.
 
 The compute functions share work through :class:`MetricContext`: Average Drop, Increase
 in Confidence and ADCC use one masked forward pass (``ctx.shared("confidence", ...)``),
-over-all reuses the insertion and deletion curves.
+over-all reuses the insertion and deletion curves, ADCC and ARCC share coherency
+(``ctx.shared("coherency", ...)``), ROAD and ARCC share the imputed images' pass.
 
 >>> [m.name for m in list_metrics() if m.needs_ground_truth][:2]
 ['energy_pointing_game', 'pointing_game']
@@ -25,6 +26,7 @@ import torch
 from torch import nn
 
 from . import metrics as M
+from . import road as _road_mod
 from .preprocess import Preprocess
 
 __all__ = ["METRICS", "Column", "Metric", "MetricContext", "get_metric", "list_metrics"]
@@ -139,6 +141,11 @@ class Metric:
         One sentence, and the paper (title, authors, year, arXiv id, equation).
     in_explorer : bool
         Shown in the explorer's metrics table.
+    default : bool
+        Computed by :func:`camwidgets.evaluate` when ``metrics=`` is not given
+        (:data:`camwidgets.core.evaluate.DEFAULT_METRICS`). False for the costly ones (ROAD,
+        ARCC: one sparse solve per percentile, order and image), which run only when asked
+        for by name, e.g. ``metrics=[..., "road"]``.
     """
 
     name: str
@@ -150,6 +157,7 @@ class Metric:
     summary: str
     reference: str
     in_explorer: bool = False
+    default: bool = True
 
     @property
     def column_names(self) -> tuple[str, ...]:
@@ -197,15 +205,44 @@ def _over_all(ctx: MetricContext) -> Values:
     return {"over_all": float(M.over_all(ins, dele))}
 
 
-def _adcc(ctx: MetricContext) -> Values:
+def _coherency(ctx: MetricContext) -> float:
+    """Coherency of the map, computed once for ADCC and ARCC."""
     if ctx.explain_fn is None:
-        raise ValueError("ADCC re-runs the method on the masked image: give an explain_fn.")
+        raise ValueError("ADCC and ARCC re-run the method on the masked image: give an explain_fn.")
+    explain_fn = ctx.explain_fn
+    return float(ctx.shared("coherency", lambda: M.coherency(
+        ctx.model, ctx.pixels, ctx.saliency_map, ctx.target, ctx.preprocess, explain_fn=explain_fn,
+        batch_size=ctx.batch_size)))
+
+
+def _adcc(ctx: MetricContext) -> Values:
+    coh = _coherency(ctx)
     ad = _average_drop(ctx)["average_drop"]
-    coh = float(M.coherency(ctx.model, ctx.pixels, ctx.saliency_map, ctx.target, ctx.preprocess,
-                            explain_fn=ctx.explain_fn, batch_size=ctx.batch_size))
     cx = float(M.complexity(ctx.saliency_map))
     value = float(M._adcc_formula(np.array([coh]), np.array([cx]), np.array([ad]))[0])
     return {"adcc": value, "coherency": coh, "complexity": cx}
+
+
+def _road_result(ctx: MetricContext, settings: Mapping[str, Any]) -> _road_mod.ROADCombinedResult:
+    """ROAD's MoRF and LeRF passes, shared by every metric asking with the same settings."""
+    key = ("road", repr(sorted((k, tuple(v) if isinstance(v, (list, np.ndarray)) else v)
+                               for k, v in settings.items())))
+    return ctx.shared(key, lambda: _road_mod.road_combined(
+        ctx.model, ctx.pixels, ctx.saliency_map, ctx.target, ctx.preprocess,
+        **{"batch_size": ctx.batch_size, "logits": ctx.logits, **settings}))
+
+
+def _road(ctx: MetricContext) -> Values:
+    res = _road_result(ctx, ctx.params.get("road", {}))
+    return {"road_morf": float(res.morf.mean), "road_lerf": float(res.lerf.mean), "road": float(res.combined)}
+
+
+def _arcc(ctx: MetricContext) -> Values:
+    """ARCC with ROAD's settings (``metric_params["road"]``, overridden by ``["arcc"]``): one shared pass."""
+    coh = _coherency(ctx)
+    res = _road_result(ctx, {**ctx.params.get("road", {}), **ctx.params.get("arcc", {})})
+    cx = float(M.complexity(ctx.saliency_map))
+    return {"arcc": float(_road_mod.arcc_formula(coh, cx, float(res.combined)))}
 
 
 def _against_truth(name: str) -> Callable[..., Values]:
@@ -242,6 +279,10 @@ _RISE = ("Petsiuk et al., 'RISE: Randomized Input Sampling for Explanation of Bl
          "arXiv:1806.07421 (insertion / deletion).")
 _GRADCAMPP = ("Chattopadhay et al., 'Grad-CAM++', WACV 2018, arXiv:1710.11063 (Average Drop, Increase in "
               "Confidence).")
+_POPPI = ("Poppi et al., 'Revisiting The Evaluation of Class Activation Mapping for Explainability: A Novel "
+          "Metric and Experimental Analysis', CVPR-W 2021, arXiv:2104.10252.")
+_ROAD = ("Rong et al., 'A Consistent and Efficient Evaluation Strategy for Attribution Methods', ICML 2022, "
+         "arXiv:2202.00449.")
 _ENTRIES: tuple[Metric, ...] = (
     Metric("average_drop", "Average Drop", (Column("average_drop", "AD %", "lower"),), False, True,
            _average_drop,
@@ -265,8 +306,19 @@ _ENTRIES: tuple[Metric, ...] = (
            _adcc,
            "harmonic mean of coherency (the method's map of the masked image matches), 1 − complexity and "
            "1 − AD.",
-           "Poppi et al., 'Revisiting The Evaluation of Class Activation Mapping for Explainability: A Novel "
-           "Metric and Experimental Analysis', CVPR-W 2021, arXiv:2104.10252.", in_explorer=True),
+           _POPPI, in_explorer=True),
+    Metric("road", "ROAD", (Column("road_morf", "ROAD MoRF", "lower"), Column("road_lerf", "ROAD LeRF", "higher"),
+                            Column("road", "ROAD", "higher")), False, True, _road,
+           "class probability after removing 10 %, 20 %, …, 90 % of the pixels, most (MoRF) or least (LeRF) "
+           "relevant first, filled by noisy linear imputation (each removed pixel the weighted mean of its 8 "
+           "neighbours, plus noise of std 0.01), averaged over the percentiles; ROAD = (LeRF − MoRF) / 2, in "
+           "[-0.5, 0.5], as pytorch-grad-cam's ROADCombined. Not computed by default (metrics=[..., 'road']).",
+           _ROAD, default=False),
+    Metric("arcc", "ARCC", (Column("arcc", "ARCC", "higher"),), False, True, _arcc,
+           "harmonic mean of coherency, 1 − complexity and clip(2 · ROAD, 0, 1) (pytorch-grad-cam's ARCC); "
+           "not comparable with ADCC, whose third term is 1 − AD. Not computed by default.",
+           "'How to Evaluate and Refine your CAM', 2026, arXiv:2605.14641 (ARCC), as pytorch-grad-cam 1.5 "
+           "implements it; ROAD: " + _ROAD, default=False),
     Metric("energy_pointing_game", "Energy pointing game", (Column("energy_pointing_game", "energy PG", "higher"),),
            True, False, _against_truth("energy_pointing_game"),
            "share of the map's energy inside the ground truth.",

@@ -349,3 +349,22 @@ def test_each_item_gets_one_forward_pass_shared_by_its_methods() -> None:
         assert r["probability"] == pytest.approx(float(p[r["target"]]), abs=1e-6)
         emap = Explainer(model, x[0]).explain(r["method"]).map  # AD with y from that pass = AD on its own
         assert r["average_drop"] == pytest.approx(M.average_drop(model, x[0], emap), abs=1e-6)
+
+
+def test_road_and_arcc_only_when_asked_by_name() -> None:
+    from camwidgets.core import road as RD
+
+    model, data = small_cnn(), dataset(2)
+    log: list[tuple[str, int]] = []
+    default = evaluate(model, data, ["dark"], explainer_factory=factory(log), **FAST)
+    assert "road" not in default.rows[0] and "arcc" not in default.rows[0]
+    log.clear()
+    res = evaluate(model, data, ["dark"], ["adcc", "road", "arcc"], explainer_factory=factory(log),
+                   metric_params={"road": {"percentiles": (25, 75), "seed": 1}}, **FAST)
+    row = res.rows[1]
+    img, emap, t = data[1]["image"], 1.0 - bright_map(data[1]["image"], 1.0), 1
+    ref = RD.arcc(model, img, emap, t, explain_fn=lambda m, c: 1.0 - bright_map(m, 1.0), percentiles=(25, 75),
+                  seed=1)
+    assert row["road"] == pytest.approx(ref.road) and row["arcc"] == pytest.approx(ref.arcc)
+    assert row["road_morf"] < row["road_lerf"] or row["road"] <= 0
+    assert len(log) == 4  # 2 maps + 2 coherency re-runs, shared by ADCC and ARCC
