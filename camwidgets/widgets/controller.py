@@ -48,7 +48,7 @@ __all__ = ["CURVE_STEPS", "DEFAULT_METHODS", "FAST_ABOVE_CHANNELS", "LARGE_MODEL
 
 #: The bundled sample the explorer opens on with the demo model: two objects of two classes, so
 #: that moving the class dropdown from one to the other moves the maps from one object to the other.
-DEMO_IMAGE = "pair-circle-star"
+DEMO_IMAGE = "pair-crescent-triangle"
 
 #: Display names of the methods, from the method registry (registry order).
 METHOD_LABELS: dict[str, str] = {m.name: m.label for m in _registry.methods()}

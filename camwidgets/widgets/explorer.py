@@ -120,7 +120,7 @@ class CAMExplorer(widgets.VBox):
         (:func:`camwidgets.load_demo_model`) and a bundled sample image.
     image : sample name, path, bytes, PIL image, array or tensor, optional
         The image; a name from :func:`camwidgets.list_samples` picks a bundled one. Default: with
-        the demo model, a scene of two objects of two classes (``"pair-circle-star"``), where the
+        the demo model, a scene of two objects of two classes (``"pair-crescent-triangle"``), where the
         class dropdown moves the maps from one object to the other; with another model, a photo.
     target : int, optional
         Class to explain; None explains the predicted class.

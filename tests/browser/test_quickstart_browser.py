@@ -197,7 +197,7 @@ def _save_notebook(page: Any) -> None:
 
 
 def _square_png(path: Path) -> np.ndarray:
-    """Save a bundled sample of another class than the notebook's star as a PNG file; its pixels."""
+    """Save a bundled sample of another class than the notebook's scene as a PNG file; its pixels."""
     import camwidgets as cw
 
     img = cw.load_sample("shapes-square")["image"]  # (3, H, W) in [0, 1]
@@ -257,9 +257,9 @@ def test_quickstart_explorer_in_jupyterlab(lab_server: Any, page: Any, console: 
         "the explorer's first picture (T = 0.70, θ = 30)",
         lambda s: s.done and "T = 0.70" in s.title("I-CAM layer scores") and "θ=30" in s.title("Fusion-CAM components"),
         timeout=FIRST_RENDER_TIMEOUT)
-    assert start.label == "star", start.describe()
-    assert start.dropdowns["image"] == "shapes-star", start.dropdowns
-    assert start.dropdowns["class"].startswith("predicted: star ("), start.dropdowns
+    assert start.label == "crescent", start.describe()
+    assert start.dropdowns["image"] == "pair-crescent-triangle", start.dropdowns
+    assert start.dropdowns["class"].startswith("predicted: crescent ("), start.dropdowns
     assert start.sliders.get("T (I-CAM)") == "0.7" and start.sliders.get("θ (Fusion-CAM)") == "30.0", start.sliders
     assert len(set(start.maps.values())) == len(MAP_PANES), f"four different maps expected: {start.describe()}"
     explorer.screenshot("first-picture", page=True)
@@ -295,6 +295,20 @@ def test_quickstart_explorer_in_jupyterlab(lab_server: Any, page: Any, console: 
     assert t_move.maps["Grad-CAM"] == start.maps["Grad-CAM"] and t_move.maps["LayerCAM"] == start.maps["LayerCAM"]
     assert t_move.title("I-CAM layer scores") != start.title("I-CAM layer scores")
     explorer.screenshot("threshold-0.80")
+
+    # -- the class menu: explain the triangle instead of the predicted crescent: every map moves -
+    menu = explorer.root.locator(".widget-dropdown").filter(
+        has=page.locator(".widget-label", has_text=re.compile(r"^class$"))).locator("select")
+    other = next(o for o in menu.locator("option").all_text_contents()
+                 if o.replace("\u00a0", " ").startswith("triangle ("))
+    menu.select_option(label=other)
+    on_other = explorer.wait_for("the maps of the triangle", lambda s: s.done and s.label == "triangle")
+    assert _changed(t_move, on_other) == set(MAP_PANES), f"before: {t_move.describe()}\nafter: {on_other.describe()}"
+    assert on_other.images == t_move.images
+    explorer.screenshot("class-triangle")
+    menu.select_option(index=0)  # back to "predicted: crescent": the crescent's maps again, from the cache
+    back = explorer.wait_for("the maps of the crescent again", lambda s: s.done and s.label == "crescent")
+    assert back.maps == t_move.maps, f"before: {t_move.describe()}\nafter: {back.describe()}"
 
     # -- upload a PNG of a square: every pane redraws over the new picture --------------------------
     explorer.upload(square_png)
@@ -372,7 +386,8 @@ def test_quickstart_explorer_in_jupyterlab(lab_server: Any, page: Any, console: 
     explorer.root.scroll_into_view_if_needed()
     again = explorer.wait_for("the second Run All's picture",
                               lambda s: s.done and "θ=30" in s.title("Fusion-CAM components"))
-    assert again.label == "star" and again.maps == start.maps, f"first: {start.describe()}\nagain: {again.describe()}"
+    assert again.label == "crescent" and again.maps == start.maps, (
+        f"first: {start.describe()}\nagain: {again.describe()}")
     explorer.screenshot("run-all-again", page=True)
     explorer.check_no_errors()
 
