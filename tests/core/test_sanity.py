@@ -252,12 +252,15 @@ def test_parameter_randomisation_matches_quantus_mprt(setup: Any, cascade: Sanit
     # same maps, same ranks: only the summation order of the two Pearson-of-ranks differs
     np.testing.assert_allclose(q_sp, cascade.similarity["gradcam"]["spearman_abs"], atol=1e-9, equal_nan=True)
 
-    # 2. independent (Quantus iterates it bottom-up, forward order), SSIM on the 2-D maps with data_range=1
+    # 2. independent (Quantus iterates it bottom-up, forward order), SSIM on the 2-D maps with data_range=1;
+    #    seed 1: with seed 0, re-initialising layer4.1.conv2 alone turns every Grad-CAM weight-map product
+    #    negative, the map is all zero after the ReLU (camwidgets scores it; Quantus refuses all-zero maps)
+    seed2 = 1
     monkeypatch.setattr(pytorch_model, "torch", _SeedPerStep())
-    mprt = quantus.MPRT(layer_order="independent", seed=seed, similarity_func=_ssim_2d, disable_warnings=True)
+    mprt = quantus.MPRT(layer_order="independent", seed=seed2, similarity_func=_ssim_2d, disable_warnings=True)
     q = mprt(model=model, x_batch=x, y_batch=y, a_batch=None, explain_func=_quantus_gradcam(pre), device="cpu")
     forward = default_layers(model)[::-1]
-    ours = parameter_randomisation(model, pixels, methods=("gradcam",), preprocess=pre, seed=seed,
+    ours = parameter_randomisation(model, pixels, methods=("gradcam",), preprocess=pre, seed=seed2,
                                    mode="independent", layers=forward)
     assert list(q)[1:] == forward
     np.testing.assert_allclose(np.array([q[k][0] for k in q]), ours.similarity["gradcam"]["ssim"], atol=1e-9)
@@ -270,8 +273,8 @@ def test_parameter_randomisation_matches_quantus_mprt(setup: Any, cascade: Sanit
     q_sp = np.array([q[k][0] for k in q])
     ours = cascade.similarity["gradcam"]["spearman_abs"]
     np.testing.assert_allclose(q_sp[:3], ours[:3], atol=1e-9)  # the head (seed + 1 on both sides), then a BatchNorm
-    # later steps are other random draws (measured with seed 0: up to 0.75 apart at single steps; the mean of
-    # the last 10 steps 0.26 for Quantus, 0.19 for camwidgets): not equal, and both far below 1
+    # later steps are other random draws (measured with seed 0: up to 0.88 apart at single steps; the mean of
+    # the last 10 steps 0.42 for Quantus, 0.18 for camwidgets): not equal, and both far below 1
     assert not np.allclose(q_sp, ours, atol=1e-3)
     assert np.nanmean(q_sp[-10:]) < 0.6
 
