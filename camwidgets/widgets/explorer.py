@@ -251,7 +251,7 @@ class CAMExplorer(widgets.VBox):
         self.image_picker = widgets.Dropdown(
             options=[*samples, "(uploaded)"] if c.image_label not in samples else samples,
             value=c.image_label if c.image_label in samples else None,
-            description="image", layout=widgets.Layout(width="220px"))
+            description="image", layout=widgets.Layout(width="260px"))  # "pair-crescent-triangle" in full
         self.image_picker.observe(self._on_pick, "value")
         self.upload = widgets.FileUpload(accept="image/*", multiple=False, description="upload",
                                          layout=widgets.Layout(width="auto"))
