@@ -190,7 +190,11 @@ def sanity_summary(model: torch.nn.Module, preprocess: Any, methods: list[str], 
                 acc.setdefault(f"all_layers_{k}", []).append(float(sim[-1]))
                 acc.setdefault(f"random_logit_{k}", []).append(float(logit.mean()[method][k]))
         entry: dict[str, Any] = {"method": method, "images": len(images), "seconds": time.perf_counter() - t0}
-        entry.update({k: float(sum(v) / len(v)) for k, v in acc.items()})
+        for k, v in acc.items():
+            # a constant map (all zero after randomisation) has no rank correlation: NaN, left out of the mean
+            finite = [x for x in v if x == x]
+            entry[k] = float(sum(finite) / len(finite)) if finite else None
+            entry[f"{k}_undefined"] = len(v) - len(finite)
         out.append(entry)
         if progress:
             print(f"sanity {method}: {entry['seconds']:.1f} s", file=sys.stderr)
@@ -202,10 +206,16 @@ def sanity_markdown(entries: list[dict[str, Any]], n_layers: int, digits: int = 
             ("random_logit", "random other class")]
     lines = ["| method | " + " | ".join(f"{h}: Spearman \\|.\\| / SSIM" for _, h in cols) + " |",
              "|---" * (len(cols) + 1) + "|"]
+    def cell(e: dict[str, Any], key: str) -> str:
+        value, undefined = e[key], e.get(f"{key}_undefined", 0)
+        text = "n/a" if value is None else f"{value:.{digits}f}"
+        return text + (f" ({e['images'] - undefined}/{e['images']})" if undefined else "")
+
     for e in entries:
-        cells = [f"{e[f'{c}_spearman_abs']:.{digits}f} / {e[f'{c}_ssim']:.{digits}f}" for c, _ in cols]
+        cells = [f"{cell(e, f'{c}_spearman_abs')} / {cell(e, f'{c}_ssim')}" for c, _ in cols]
         lines.append(f"| {LABELS.get(e['method'], e['method'])} | " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines) + "\n\n(k/n): the mean over the k of n images whose randomised map was not constant (a " \
+        "constant map, e.g. all zero, has no rank correlation).\n"
 
 
 def main(argv: list[str] | None = None) -> int:
