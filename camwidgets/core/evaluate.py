@@ -928,7 +928,12 @@ def evaluate(
         Items are dicts with ``"image"`` (anything ``load_image`` accepts) and optional
         ``"target"`` or ``"label"`` (int), ``"mask"`` (bool ``(H, W)``, on the image or on
         the preprocessed image) and ``"box"`` (``(x0, y0, x1, y1)``, inclusive pixel
-        indices); ``(image, label)`` tuples; or bare images. A sequence (``len`` and
+        indices); for scenes with objects of several classes also ``"masks"`` (and
+        ``"boxes"``): ``{class index: mask}``, the explained class's entry then being the
+        ground truth and the others "the other objects" of the ``discrimination`` metric
+        (:func:`camwidgets.datasets.each_class` explains every class of such a dataset), or
+        ``"other_masks"``, a list of the other objects' masks; ``(image, label)`` tuples; or
+        bare images. A sequence (``len`` and
         indexing, e.g. :class:`camwidgets.datasets.Shapes`) is indexed lazily, so a resumed
         run loads only its first three items (for the fingerprint) and the unfinished ones.
         Row ``index`` is the item's position.
