@@ -129,13 +129,15 @@ def test_smoothgradcampp_equals_torchcam(explainers: dict[str, Explainer], arch:
     exp = explainers[arch]
     # batch_size=1: one noisy pass at a time, as torchcam runs them. α's denominator 2ḡ² + Σ A ḡ³
     # nearly cancels at some positions, so the float32 rounding of batched passes (~1e-7 on g)
-    # can reach ~1e-4 of the map (ResNet-18 layer3, batch_size=2: 1.2e-4).
+    # can reach ~1e-4 of the map (ResNet-18 layer3, batch_size=2: 1.2e-4). torchcam sums g² and g³ in
+    # float32, camwidgets in float64: on the demo model's layer3.0 (weights of 2026-12-04) that alone
+    # gives 1.6e-4 at one position, hence 2e-4 for this comparison (the weights below stay at 1e-3).
     res = exp.smoothgradcampp(layer=layer, samples=3, std=0.3, seed=11, batch_size=1)
     grads: list[torch.Tensor] = []
     ref = torchcam_run(torchcam_methods.SmoothGradCAMpp, exp.model, exp.input_tensor, layer, exp.target, 11,
                        record=lambda cam: grads.append(cam.hook_g[0][0].clone()), num_samples=3, std=0.3)
     assert ref["map"].shape == res.raw.shape
-    assert np.abs(_norm(res.raw) - _norm(ref["map"])).max() <= TOL
+    assert np.abs(_norm(res.raw) - _norm(ref["map"])).max() <= 2 * TOL
     # Channel weights to 1e-3 of the largest: the same cancellation turns the float32 vs float64
     # sums of g² and g³ into up to ~1e-4 relative differences.
     w_ref = ref["weights"].double().numpy()
