@@ -142,7 +142,11 @@ def test_without_retries_a_killed_worker_fails_clearly_and_keeps_the_rows(
 
 
 DRIVER = textwrap.dedent("""
+    import signal
     import sys
+    # Ctrl-C raises KeyboardInterrupt, as in a terminal: a process started in the background by a shell
+    # without job control (e.g. "cmd &" in a script running the suite) inherits SIGINT ignored
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     import camwidgets as cw
     from camwidgets.datasets import Shapes
     model, preprocess, _ = cw.load_demo_model()
