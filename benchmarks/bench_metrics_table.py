@@ -281,10 +281,8 @@ def main(argv: list[str] | None = None) -> int:
                                "model_accuracy": accuracy, "summary": res.summary, "errors": res.errors}
         if run == "pair":
             # accuracy over items is "the explained class is the top class": half the items at most
-            top2 = {}
-            for r in res.rows:
-                top2.setdefault(r["index"] // 2, set()).add(r["predicted"] == r["label"])
-            title = (f"{TITLES[run]} (Shapes seed {cfg['seed']}, {len(top2)} images, {len(correct)} image × class "
+            images = len({r["index"] // 2 for r in res.rows})
+            title = (f"{TITLES[run]} (Shapes seed {cfg['seed']}, {images} images, {len(correct)} image × class "
                      f"items; the explained class is the top-1 class in {accuracy:.1%} of the items)")
             columns = [*COLUMNS[:-1], *PAIR_COLUMNS, COLUMNS[-1]]
             paired_columns = PAIRED_COLUMNS_PAIR

@@ -1344,5 +1344,4 @@ def class_discrimination(saliency_map: MapLike, target_truth: Any, other_truth: 
     e_o = energy_pointing_game(saliency_map, other_truth)
     p_c = pointing_game(saliency_map, target_truth)
     p_o = pointing_game(saliency_map, other_truth)
-    disc = e_c - e_o if isinstance(e_c, float) else np.asarray(e_c) - np.asarray(e_o)
-    return DiscriminationResult(e_c, e_o, p_c, p_o, disc)
+    return DiscriminationResult(e_c, e_o, p_c, p_o, e_c - e_o)

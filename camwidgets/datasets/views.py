@@ -49,12 +49,10 @@ class EachClass:
             raise IndexError(f"EachClass index {index} out of range for {len(self)} items.")
         src = index // self.k
         item = self.dataset[src]
-        labels, masks = item.get("labels") if isinstance(item, Mapping) else None, None
-        if isinstance(item, Mapping):
-            masks = item.get("masks")
-        if labels is None or not isinstance(masks, Mapping):
+        if not isinstance(item, Mapping) or item.get("labels") is None or not isinstance(item.get("masks"), Mapping):
             raise ValueError(f"Item {src} has no 'labels' and 'masks' per class: each_class needs "
                              "multi-class scenes, e.g. Shapes(n, seed, scene='pair').")
+        labels, masks = item["labels"], item["masks"]
         if len(labels) != self.k:
             raise ValueError(f"Item {src} holds {len(labels)} classes, not k={self.k}.")
         c = labels[index % self.k]
