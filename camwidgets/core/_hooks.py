@@ -388,10 +388,17 @@ def target_scores(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     return logits.gather(1, targets.view(-1, 1)).squeeze(1)
 
 
-def _targets(logits: torch.Tensor, target: int | Sequence[int] | torch.Tensor | None) -> torch.Tensor:
+def _targets(logits: torch.Tensor, target: int | Sequence[int | None] | torch.Tensor | None) -> torch.Tensor:
     n, num_classes = logits.shape
     if target is None:
         return logits.argmax(dim=1)
+    if isinstance(target, (list, tuple)) and any(v is None for v in target):
+        # one target per image, None for that image's predicted class
+        if len(target) != n:
+            raise ValueError(f"Got {len(target)} targets for a batch of {n} images; "
+                             "pass one target or one per image.")
+        top = logits.argmax(dim=1).tolist()
+        target = [top[i] if v is None else v for i, v in enumerate(target)]
     t = torch.as_tensor(target, dtype=torch.long, device=logits.device).reshape(-1)
     if t.numel() == 1:
         t = t.expand(n)
@@ -421,7 +428,7 @@ def _unreachable(what: str) -> str:
 
 
 def capture(model: nn.Module, x: torch.Tensor, layers: Sequence[str],
-            target: int | Sequence[int] | torch.Tensor | None = None, *,
+            target: int | Sequence[int | None] | torch.Tensor | None = None, *,
             gradients: bool | Callable[[Mapping[str, torch.Tensor]], Sequence[str]] = True,
             input_grad: bool = False,
             check_target: bool = True, drop_reused: bool = False, reshape: ReshapeSpec = None) -> Capture:
@@ -439,8 +446,9 @@ def capture(model: nn.Module, x: torch.Tensor, layers: Sequence[str],
     layers : sequence of str
         Dotted names of the layers to record (relative to the unwrapped model; a leading
         ``"_orig_mod."`` is accepted).
-    target : int, sequence of N ints, Tensor (N,) or None
-        Class per image; None means the predicted class of each image. Out-of-range
+    target : int, sequence of N ints (or None), Tensor (N,) or None
+        Class per image; None means the predicted class of each image (a None in the
+        sequence: of that image). Out-of-range
         indices raise ``ValueError`` after the forward pass and before the backward.
     gradients : bool or callable
         Also compute ``g = dS_c/dA`` (one :func:`torch.autograd.grad` call for

@@ -905,6 +905,7 @@ def evaluate(
     steps: int = 50,
     metric_params: Mapping[str, Mapping[str, Any]] | None = None,
     batch_size: int = 32,
+    image_batch: int = 8,
     out_dir: str | os.PathLike[str] | None = None,
     path: str | os.PathLike[str] | None = None,
     resume: bool = True,
@@ -967,7 +968,16 @@ def evaluate(
         "insertion": {"sigma": 3.0}, "localisation": {"threshold": 0.4},
         "pointing_game": {"tolerance": 15}}``.
     batch_size : int, default 32
-        Forward-pass batch size of the metrics.
+        Forward-pass batch size of the metrics (insertion and deletion steps, masked images).
+    image_batch : int, default 8
+        Dataset items evaluated together, as a batch: their explainers come from one
+        batched forward pass (and one backward pass down to the default layer), and for
+        each method the metrics' own passes (Average Drop and Increase in Confidence's
+        masked images, the insertion and deletion curves, ADCC's re-explained images) run
+        over the group's maps together. Rows equal those of ``image_batch=1`` up to
+        floating-point summation order (a batched convolution may add in another order).
+        Larger groups hold more activations at once (about 22 MB per ResNet-50 image at
+        224 px while its group runs); 1 evaluates one item at a time.
     out_dir, path : path, optional
         Where to write: a folder (``rows.jsonl``, ``rows.csv``, ``summary.json``,
         ``summary.csv``, ``config.json``, and ``errors.jsonl`` when pairs failed) or a
@@ -1020,12 +1030,14 @@ def evaluate(
     -----
     ADCC's coherency re-runs the same method (same parameters, same factory) on
     ``x ⊙ E``, the preprocessed pixel image times its map, with normalisation only.
-    Each item gets one forward pass, the explainer's: it gives the prediction, the
-    unmasked probability the confidence metrics use, and the captures every method of the
-    item shares (methods run in the order given, and one that reuses a stage an earlier
-    method computed, e.g. Fusion-CAM after Score-CAM, costs only its own part). ``seconds``
-    is the wall time of the method's own stages and ``capture_seconds`` that of the shared
-    pass, on the calling machine.
+    Each item gets one forward pass, the explainer's, run batched with the other items of
+    its group (``image_batch``): it gives the prediction, the unmasked probability the
+    confidence metrics and the curves use, and the captures every method of the item
+    shares (methods run in the order given, and one that reuses a stage an earlier method
+    computed, e.g. Fusion-CAM after Score-CAM, costs only its own part). ``seconds`` is the
+    wall time of the method's own stages, ``capture_seconds`` the item's share of the
+    batched construction pass and ``metric_seconds`` its own metric work plus its share of
+    the batched metric passes, on the calling machine.
     """
     specs = _method_specs(methods, registered=explainer_factory is None)
     metric_list = list(dict.fromkeys(metrics))
@@ -1042,6 +1054,9 @@ def evaluate(
         raise ValueError(f"metric_params has unknown metric(s) {bad}; choose from {list(METRIC_COLUMNS)}.")
     steps = M._check_steps(steps)
     M._check_batch_size(batch_size)
+    if isinstance(image_batch, bool) or not isinstance(image_batch, int) or image_batch < 1:
+        raise ValueError(f"image_batch must be a positive int (dataset items evaluated together), got "
+                         f"{image_batch!r}; 1 evaluates one item at a time.")
     preprocess = M._check_preprocess(preprocess)  # a torchvision transform becomes a Preprocess
     factory = explainer_factory if explainer_factory is not None else _default_factory()
     runner = _executor(executor)
@@ -1075,7 +1090,7 @@ def evaluate(
         norm_only = Preprocess(mean=preprocess.mean, std=preprocess.std) if preprocess is not None else None
         task = _Task(model=model, specs=specs, metric_list=metric_list, params=params, preprocess=preprocess,
                      norm_only=norm_only, target=target, layers=layers, steps=steps, batch_size=batch_size,
-                     factory=factory, on_error=on_error)
+                     factory=factory, on_error=on_error, image_batch=image_batch)
         by_index: dict[int, None] = {}
         errors: list[dict[str, Any]] = []
         computed = 0
@@ -1176,6 +1191,21 @@ class _Prepared:
     explainer: Any = None
     capture_seconds: float = 0.0
     other_mask: np.ndarray | None = None
+    index: int = -1
+
+
+@dataclass
+class _Loaded:
+    """One dataset item loaded, with its pixel image after the geometry, before any model pass."""
+
+    index: int
+    item: _Item
+    pixels: torch.Tensor
+    geo: torch.Tensor
+    asked: int | None
+
+
+M_Context = _metric_registry.MetricContext
 
 
 @dataclass(frozen=True, eq=False)
@@ -1198,6 +1228,7 @@ class _Task:
     batch_size: int
     factory: ExplainerFactory
     on_error: str
+    image_batch: int = 1
 
     def todo(self, index: int, done: Mapping[tuple[int, str], Any]) -> list[str]:
         """The methods of item ``index`` that have no row yet."""
@@ -1212,35 +1243,40 @@ class _Task:
         except ValueError as err:
             raise _SettingError(str(err)) from None
 
-    def prepare(self, index: int, load: Callable[[], Any]) -> _Prepared:
-        """Load item ``index`` (``load()``), check it and run the model on it (one forward pass).
-
-        With the default factory the pass is the explainer's own (built here, shared by every
-        method of the item); a custom factory's explainer is built at the first method, after
-        a plain forward pass for the prediction.
-        """
-        from .explainer import Explainer
-
+    def _load(self, index: int, load: Callable[[], Any]) -> _Loaded:
+        """Load item ``index`` (``load()``) and apply the geometry: no model pass."""
         item = _as_item(load(), index)
-        model, preprocess = self.model, self.preprocess
         pixels = load_image(item.image)
-        geo = preprocess.geometry(pixels) if preprocess is not None else pixels
-        hw = (int(geo.shape[-2]), int(geo.shape[-1]))
-        scorer = M._Scorer(model, self.norm_only, self.batch_size)
-        explainer, seconds = None, 0.0
+        geo = self.preprocess.geometry(pixels) if self.preprocess is not None else pixels
         # the class asked for: a fixed one, the item's label, or None (the predicted class)
         asked: int | None = self.target if isinstance(self.target, int) else (
             item.label if self.target == "label" else None)
+        return _Loaded(index, item, pixels, geo, asked)
+
+    def _prepare(self, ld: _Loaded, explainer: Any = None, seconds: float = 0.0) -> _Prepared:
+        """Item ``ld`` checked, with the model's prediction on it (one forward pass).
+
+        With the default factory the pass is the explainer's own (``explainer`` when a batched
+        pass built it already, else built here), shared by every method of the item; a custom
+        factory's explainer is built at the first method, after a plain forward pass for the
+        prediction.
+        """
+        from .explainer import Explainer
+
+        model, item, geo, asked = self.model, ld.item, ld.geo, ld.asked
+        hw = (int(geo.shape[-2]), int(geo.shape[-1]))
+        scorer = M._Scorer(model, self.norm_only, self.batch_size)
         if self.factory is Explainer:
-            t0 = time.perf_counter()
-            try:
-                # the resized image with normalisation only: the geometry is not applied twice
-                explainer = Explainer(model, geo, target=asked, layers=self.layers, preprocess=self.norm_only)
-            except ValueError:
-                if isinstance(self.target, int):
-                    self._range_error(scorer, geo, self.target)
-                raise
-            seconds = time.perf_counter() - t0
+            if explainer is None:
+                t0 = time.perf_counter()
+                try:
+                    # the resized image with normalisation only: the geometry is not applied twice
+                    explainer = Explainer(model, geo, target=asked, layers=self.layers, preprocess=self.norm_only)
+                except ValueError:
+                    if isinstance(self.target, int):
+                        self._range_error(scorer, geo, self.target)
+                    raise
+                seconds = time.perf_counter() - t0
             logits = explainer.logits_tensor.detach().float().cpu()[None]
             tgt = explainer.target
         else:
@@ -1253,75 +1289,187 @@ class _Task:
         prob = float(torch.softmax(logits, dim=1)[0, tgt])
         needs_truth = any(_metric_registry.get_metric(m).needs_ground_truth for m in self.metric_list)
         mask, box, other = (
-            _ground_truth_at(item, tgt, hw, (int(pixels.shape[-2]), int(pixels.shape[-1])), preprocess)
+            _ground_truth_at(item, tgt, hw, (int(ld.pixels.shape[-2]), int(ld.pixels.shape[-1])), self.preprocess)
             if needs_truth else (None, None, None))
-        return _Prepared(item, geo, predicted, tgt, prob, mask, box, logits, explainer, seconds, other)
+        return _Prepared(item, geo, predicted, tgt, prob, mask, box, logits, explainer, seconds, other, ld.index)
+
+    def prepare(self, index: int, load: Callable[[], Any]) -> _Prepared:
+        """Load item ``index`` (``load()``), check it and run the model on it (one forward pass)."""
+        return self._prepare(self._load(index, load))
 
     def run(self, index: int, load: Callable[[], Any], todo: Sequence[str],
             on_row: Callable[[dict[str, Any]], None] | None = None,
             note: Callable[[str], None] | None = None) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-        """Rows (JSON-ready) and errors of the methods ``todo`` on dataset item ``index``, loaded by ``load()``.
+        """Rows (JSON-ready) and errors of the methods ``todo`` on dataset item ``index``, loaded by ``load()``."""
+        (_, rows, errors), = self.run_group([(index, load, todo)], on_row=on_row, note=note)
+        return rows, errors
 
-        With ``on_error="skip"`` a failure to load or prepare the item (the dataset raising,
-        an image that does not decode, a label out of range, a mask of the wrong shape, the
-        model failing on it) is an error of every method in ``todo`` with ``stage`` "item";
-        a failure of one method's map or metrics is an error of that method, ``stage``
-        "method". ``on_row`` sees each row the moment it is finished (the local run appends
-        it to the rows file there); ``note`` is told which method starts.
+    def _explain_many(self, spec: Mapping[str, Any]) -> Callable[[torch.Tensor, Sequence[int]], list[Any]] | None:
+        """The method re-run on many masked images through one batched pass (default factory only)."""
+        from .explainer import Explainer
+
+        if self.factory is not Explainer:
+            return None
+        model, layers, norm_only = self.model, self.layers, self.norm_only
+
+        def explain_many(masked: torch.Tensor, targets: Sequence[int]) -> list[Any]:
+            explainers = Explainer.batch(model, masked, list(targets), layers=layers, preprocess=norm_only)
+            return [getattr(ex, spec["method"])(**spec["params"]) for ex in explainers]
+
+        return explain_many
+
+    def _failure(self, err: BaseException) -> str:
+        return f"{type(err).__name__}: {err}"
+
+    def run_group(self, entries: Sequence[tuple[int, Callable[[], Any], Sequence[str]]],
+                  on_row: Callable[[dict[str, Any]], None] | None = None,
+                  note: Callable[[str], None] | None = None
+                  ) -> list[tuple[int, list[dict[str, Any]], list[dict[str, Any]]]]:
+        """``(index, rows, errors)`` for each ``(index, load, todo)`` of a group of items, in order.
+
+        The group's items run as a batch: with the default factory one
+        :meth:`~camwidgets.core.explainer.Explainer.batch` pass gives every item its
+        explainer (its prediction, unmasked probability and captures), and for each method
+        the metrics' shared passes (the masked images of Average Drop and Increase in
+        Confidence, the insertion and deletion curves, the re-explained masked images of
+        ADCC) run over all the items' maps at once (:func:`~camwidgets.core.metric_registry.prefetch`).
+        A batched step that fails is done again item by item, so each failure is recorded
+        against its own item. ``capture_seconds`` and ``metric_seconds`` then hold the item's
+        share of the batched passes (their time divided by the items in them).
+
+        With ``on_error="skip"`` a failure to load or prepare an item (the dataset raising, an
+        image that does not decode, a label out of range, a mask of the wrong shape, the model
+        failing on it) is an error of every method in its ``todo`` with ``stage`` "item"; a
+        failure of one method's map or metrics is an error of that method, ``stage``
+        "method". ``on_row`` sees each row the moment it is finished (the local run appends it
+        to the rows file there); ``note`` is told which item and method start.
         """
-        try:
-            p = self.prepare(index, load)
-        except (KeyboardInterrupt, SystemExit, _SettingError):
-            raise
-        except Exception as err:
-            if self.on_error == "raise":
-                raise
-            text = f"{type(err).__name__}: {err}"
-            return [], [{"index": index, "method": name, "stage": "item", "error": text} for name in todo]
-        model, preprocess, item, tgt = self.model, self.preprocess, p.item, p.target
+        from .explainer import Explainer
 
-        rows, errors = [], []
-        explainer, capture_seconds = p.explainer, p.capture_seconds
-        for name in todo:
-            spec = self.specs[name]
-            if note is not None:
-                note(f"{index}:{name}")
+        out: dict[int, tuple[list[dict[str, Any]], list[dict[str, Any]]]] = {i: ([], []) for i, _, _ in entries}
+        todos = {index: list(todo) for index, _, todo in entries}
+
+        def item_error(index: int, err: BaseException) -> None:
+            out[index][1].extend({"index": index, "method": name, "stage": "item", "error": self._failure(err)}
+                                 for name in todos[index])
+
+        loaded: list[_Loaded] = []
+        for index, load, _ in entries:
             try:
-                if explainer is None:  # a custom factory: one explainer per item, built at its first method
-                    t0 = time.perf_counter()
-                    explainer = self.factory(model, item.image, target=tgt, layers=self.layers,
-                                             preprocess=preprocess)
-                    capture_seconds = time.perf_counter() - t0
-                t0 = time.perf_counter()
-                result = getattr(explainer, spec["method"])(**spec["params"])
-                emap = M._map_array(result, f"The map of {name}")
-                seconds = time.perf_counter() - t0
-                t1 = time.perf_counter()
-                values = _score(model, p.geo, emap, tgt, self.norm_only, self.metric_list, self.params, self.steps,
-                                self.batch_size, p.mask, p.box, self.factory, self.layers, spec, p.logits,
-                                p.other_mask)
-                metric_seconds = time.perf_counter() - t1
+                loaded.append(self._load(index, load))
             except (KeyboardInterrupt, SystemExit):
                 raise
             except Exception as err:
                 if self.on_error == "raise":
                     raise
-                errors.append({"index": index, "method": name, "stage": "method",
-                               "error": f"{type(err).__name__}: {err}"})
+                item_error(index, err)
+        built: dict[int, tuple[Any, float]] = {}
+        if self.factory is Explainer and len(loaded) > 1:
+            t0 = time.perf_counter()
+            try:
+                explainers = Explainer.batch(self.model, [ld.geo for ld in loaded], [ld.asked for ld in loaded],
+                                             layers=self.layers, preprocess=self.norm_only)
+            except (KeyboardInterrupt, SystemExit):
+                raise
+            except Exception:
+                explainers = []  # each item alone below, so a failure names its own item
+            share = (time.perf_counter() - t0) / len(loaded)
+            built = {ld.index: (ex, share) for ld, ex in zip(loaded, explainers, strict=False)}
+        prepared: list[_Prepared] = []
+        for ld in loaded:
+            try:
+                prepared.append(self._prepare(ld, *built.get(ld.index, (None, 0.0))))
+            except (KeyboardInterrupt, SystemExit, _SettingError):
+                raise
+            except Exception as err:
+                if self.on_error == "raise":
+                    raise
+                item_error(ld.index, err)
+
+        explainers_of: dict[int, Any] = {p.index: p.explainer for p in prepared}
+        capture_of: dict[int, float] = {p.index: p.capture_seconds for p in prepared}
+        for name, spec in self.specs.items():
+            scored: list[tuple[_Prepared, M_Context, float]] = []
+            explain_many = self._explain_many(spec)
+            for p in prepared:
+                if name not in todos[p.index]:
+                    continue
+                if note is not None:
+                    note(f"{p.index}:{name}")
+                try:
+                    if explainers_of[p.index] is None:  # a custom factory: one per item, built at its first method
+                        t0 = time.perf_counter()
+                        explainers_of[p.index] = self.factory(self.model, p.item.image, target=p.target,
+                                                              layers=self.layers, preprocess=self.preprocess)
+                        capture_of[p.index] = time.perf_counter() - t0
+                    t0 = time.perf_counter()
+                    result = getattr(explainers_of[p.index], spec["method"])(**spec["params"])
+                    emap = M._map_array(result, f"The map of {name}")
+                    seconds = time.perf_counter() - t0
+                except (KeyboardInterrupt, SystemExit):
+                    raise
+                except Exception as err:
+                    if self.on_error == "raise":
+                        raise
+                    out[p.index][1].append({"index": p.index, "method": name, "stage": "method",
+                                            "error": self._failure(err)})
+                    continue
+                scored.append((p, self._context(p, emap, spec, explain_many), seconds))
+            if not scored:
                 continue
-            row = _json_value({"index": index, "method": name, "label": item.label, "target": tgt,
-                               "predicted": p.predicted, "probability": p.probability, "seconds": seconds,
-                               "capture_seconds": capture_seconds, "metric_seconds": metric_seconds, **values})
-            if on_row is not None:
-                on_row(row)
-            rows.append(row)
-        return rows, errors
+            t1 = time.perf_counter()
+            if len(scored) > 1:
+                try:
+                    _metric_registry.prefetch([ctx for _, ctx, _ in scored], self.metric_list)
+                except (KeyboardInterrupt, SystemExit):
+                    raise
+                except Exception:
+                    pass  # scored one by one below, where the failing item raises its own error
+            share = (time.perf_counter() - t1) / len(scored)
+            for p, ctx, seconds in scored:
+                t1 = time.perf_counter()
+                try:
+                    values: dict[str, Any] = {}
+                    for metric in self.metric_list:
+                        values.update(_metric_registry.get_metric(metric).compute(ctx))
+                except (KeyboardInterrupt, SystemExit):
+                    raise
+                except Exception as err:
+                    if self.on_error == "raise":
+                        raise
+                    out[p.index][1].append({"index": p.index, "method": name, "stage": "method",
+                                            "error": self._failure(err)})
+                    continue
+                metric_seconds = share + time.perf_counter() - t1
+                row = _json_value({"index": p.index, "method": name, "label": p.item.label, "target": p.target,
+                                   "predicted": p.predicted, "probability": p.probability, "seconds": seconds,
+                                   "capture_seconds": capture_of[p.index], "metric_seconds": metric_seconds,
+                                   **values})
+                if on_row is not None:
+                    on_row(row)
+                out[p.index][0].append(row)
+        return [(index, *out[index]) for index, _, _ in entries]
+
+    def _context(self, p: _Prepared, emap: np.ndarray, spec: Mapping[str, Any],
+                 explain_many: Callable[[torch.Tensor, Sequence[int]], list[Any]] | None) -> M_Context:
+        """What the metrics see of one item's map (see :class:`~camwidgets.core.metric_registry.MetricContext`)."""
+        model, factory, layers, norm_only = self.model, self.factory, self.layers, self.norm_only
+
+        def explain_fn(masked: torch.Tensor, t: int) -> Any:
+            ex = factory(model, masked, target=t, layers=layers, preprocess=norm_only)
+            return getattr(ex, spec["method"])(**spec["params"])
+
+        return M_Context(model=model, pixels=p.geo, saliency_map=emap, target=p.target, preprocess=norm_only,
+                         steps=self.steps, batch_size=self.batch_size, mask=p.mask, box=p.box,
+                         explain_fn=explain_fn, params=self.params, logits=p.logits, other_mask=p.other_mask,
+                         explain_many=explain_many)
 
 
 class LocalExecutor:
-    """Evaluate the items one after the other in this process (the default executor).
+    """Evaluate the items in this process, ``image_batch`` items at a time (the default executor).
 
-    Each row is appended to the rows file the moment it is finished.
+    Each group of items with work left runs as a batch (:meth:`_Task.run_group`); each row
+    is appended to the rows file the moment it is finished.
     """
 
     def run(self, task: _Task, dataset: Iterable[Any], done: Mapping[tuple[int, str], Any],
@@ -1331,13 +1479,22 @@ class LocalExecutor:
         def note(text: str) -> None:
             bar.set_postfix_str(text, refresh=False)
 
+        waiting: list[tuple[int, Callable[[], Any], list[str]]] = []  # items in dataset order; empty todo: done
+
+        def flush() -> Iterator[tuple[int, list[dict[str, Any]], list[dict[str, Any]]]]:
+            work = [entry for entry in waiting if entry[2]]
+            results = {index: (rows, errors) for index, rows, errors in
+                       (task.run_group(work, on_row=on_row, note=note) if work else [])}
+            for index, _, _ in waiting:
+                yield index, *results.get(index, ([], []))
+            waiting.clear()
+
         for index, load in _iterate(dataset):
             todo = task.todo(index, done)
-            if not todo:
-                yield index, [], []
-                continue
-            rows, errors = task.run(index, load, todo, on_row=on_row, note=note)
-            yield index, rows, errors
+            waiting.append((index, load, todo))
+            if sum(1 for entry in waiting if entry[2]) >= task.image_batch or (not todo and len(waiting) == 1):
+                yield from flush()
+        yield from flush()
 
 
 def _executor(executor: Any) -> Any:
@@ -1353,23 +1510,3 @@ def _executor(executor: Any) -> Any:
         f"executor must be 'local', 'ray', or an executor object such as camwidgets.RayExecutor(workers=4), "
         f"got {executor!r}."
     )
-
-
-def _score(model: nn.Module, geo: torch.Tensor, emap: np.ndarray, tgt: int, norm_only: Preprocess | None,
-           metric_list: Sequence[str], params: Mapping[str, Mapping[str, Any]], steps: int, batch_size: int,
-           mask: np.ndarray | None, box: tuple[int, int, int, int] | None, factory: ExplainerFactory,
-           layers: Any, spec: Mapping[str, Any], logits: torch.Tensor | None = None,
-           other_mask: np.ndarray | None = None) -> dict[str, Any]:
-    """Every requested metric of one map, through the metric registry (shared passes computed once)."""
-    def explain_fn(masked: torch.Tensor, t: int) -> Any:
-        ex = factory(model, masked, target=t, layers=layers, preprocess=norm_only)
-        return getattr(ex, spec["method"])(**spec["params"])
-
-    ctx = _metric_registry.MetricContext(model=model, pixels=geo, saliency_map=emap, target=tgt,
-                                         preprocess=norm_only, steps=steps, batch_size=batch_size, mask=mask,
-                                         box=box, explain_fn=explain_fn, params=params, logits=logits,
-                                         other_mask=other_mask)
-    out: dict[str, Any] = {}
-    for name in metric_list:
-        out.update(_metric_registry.get_metric(name).compute(ctx))
-    return out

@@ -69,15 +69,18 @@ class _Worker:
             if self.device != "cpu":
                 task.model.to(self.device)  # this actor's own copy of the model
             self.task = task
-        out = []
+        entries = []
         for index, todo, raw in shard:
-            # the item is loaded inside task.run, so on_error="skip" covers a dataset that raises
+            # the item is loaded inside task.run_group, so on_error="skip" covers a dataset that raises
             if self.dataset is not None:
                 load = functools.partial(operator.getitem, self.dataset, index)
             else:
                 load = functools.partial(_given, raw)
-            rows, errors = self.task.run(index, load, todo)
-            out.append((index, rows, errors))
+            entries.append((index, load, todo))
+        size = max(1, int(self.task.image_batch))  # the shard's items in groups, as the local run batches them
+        out: list[_Rows] = []
+        for s in range(0, len(entries), size):
+            out.extend(self.task.run_group(entries[s:s + size]))
         return out
 
 

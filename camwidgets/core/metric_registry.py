@@ -11,13 +11,18 @@ in Confidence and ADCC use one masked forward pass (``ctx.shared("confidence", .
 over-all reuses the insertion and deletion curves, ADCC and ARCC share coherency
 (``ctx.shared("coherency", ...)``), ROAD and ARCC share the imputed images' pass.
 
+A metric names the shared passes it reads (:attr:`Metric.shares`). :func:`prefetch`
+computes those passes for many contexts at once (several images' maps scored by one
+method), as batched forward passes, so :func:`camwidgets.evaluate` runs a batch of
+images as a batch; each context then finds its value already shared.
+
 >>> [m.name for m in list_metrics() if m.needs_ground_truth][:2]
 ['energy_pointing_game', 'pointing_game']
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Hashable, Mapping
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -29,7 +34,8 @@ from . import metrics as M
 from . import road as _road_mod
 from .preprocess import Preprocess
 
-__all__ = ["METRICS", "Column", "Metric", "MetricContext", "get_metric", "list_metrics"]
+__all__ = ["METRICS", "SHARED_PASSES", "Column", "Metric", "MetricContext", "get_metric", "list_metrics",
+           "prefetch"]
 
 Direction = Literal["higher", "lower"]
 
@@ -87,6 +93,10 @@ class MetricContext:
     other_mask : bool ndarray (H, W) or None
         The objects of the other classes in the image (their union), at the map's resolution;
         None for a single-class image (class-discriminativeness then has no value).
+    explain_many : callable or None
+        ``explain_many(masked_pixel_images (N, 3, H, W), targets) -> N maps``: the same
+        method re-run on many masked images at once; :func:`prefetch` uses it for the
+        coherency of a batch (``explain_fn`` stays the per-image way).
     """
 
     model: nn.Module
@@ -102,6 +112,7 @@ class MetricContext:
     params: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     logits: torch.Tensor | None = None
     other_mask: np.ndarray | None = None
+    explain_many: Callable[[torch.Tensor, Sequence[int]], Sequence[Any]] | None = None
     _shared: dict[Hashable, Any] = field(default_factory=dict, repr=False)
 
     def shared(self, key: Hashable, compute: Callable[[], Any]) -> Any:
@@ -146,6 +157,9 @@ class Metric:
         (:data:`camwidgets.core.evaluate.DEFAULT_METRICS`). False for the costly ones (ROAD,
         ARCC: one sparse solve per percentile, order and image), which run only when asked
         for by name, e.g. ``metrics=[..., "road"]``.
+    shares : tuple of str
+        The shared passes (:data:`SHARED_PASSES`) ``compute`` reads through ``ctx.shared``:
+        what :func:`prefetch` runs batched for many images before ``compute`` is called.
     """
 
     name: str
@@ -158,6 +172,7 @@ class Metric:
     reference: str
     in_explorer: bool = False
     default: bool = True
+    shares: tuple[str, ...] = ()
 
     @property
     def column_names(self) -> tuple[str, ...]:
@@ -188,7 +203,8 @@ def _curve(ctx: MetricContext, kind: str) -> float:
     fn = M.insertion if kind == "insertion" else M.deletion
     params = dict(ctx.params.get(kind, {}))
     return float(ctx.shared(kind, lambda: fn(ctx.model, ctx.pixels, ctx.saliency_map, ctx.target, ctx.preprocess,
-                                            **{"steps": ctx.steps, "batch_size": ctx.batch_size, **params})).auc)
+                                            **{"steps": ctx.steps, "batch_size": ctx.batch_size,
+                                               "logits": ctx.logits, **params})).auc)
 
 
 def _insertion(ctx: MetricContext) -> Values:
@@ -212,7 +228,7 @@ def _coherency(ctx: MetricContext) -> float:
     explain_fn = ctx.explain_fn
     return float(ctx.shared("coherency", lambda: M.coherency(
         ctx.model, ctx.pixels, ctx.saliency_map, ctx.target, ctx.preprocess, explain_fn=explain_fn,
-        batch_size=ctx.batch_size)))
+        batch_size=ctx.batch_size, logits=ctx.logits)))
 
 
 def _adcc(ctx: MetricContext) -> Values:
@@ -273,6 +289,91 @@ def _discrimination(ctx: MetricContext) -> Values:
 
 
 # ----------------------------------------------------------------------------------------
+# the shared passes, batched over many contexts (prefetch)
+# ----------------------------------------------------------------------------------------
+def _stacked(group: Sequence[MetricContext]) -> tuple[torch.Tensor, np.ndarray, list[int], torch.Tensor | None]:
+    """The group's pixel images, maps, classes and (when every context has them) unmasked logits."""
+    pixels = torch.stack([c.pixels for c in group])
+    maps = np.stack([np.asarray(c.saliency_map) for c in group])
+    logits = None if any(c.logits is None for c in group) else torch.cat(
+        [c.logits.detach().float().cpu().reshape(1, -1) for c in group])  # type: ignore[union-attr]
+    return pixels, maps, [int(c.target) for c in group], logits
+
+
+def _batched_confidence(group: Sequence[MetricContext]) -> list[Any]:
+    c0 = group[0]
+    pixels, maps, targets, logits = _stacked(group)
+    cc = M.confidence_change(c0.model, pixels, maps, targets, c0.preprocess, batch_size=c0.batch_size,
+                             logits=logits)
+    y, o, t = np.asarray(cc.original), np.asarray(cc.masked), np.asarray(cc.target)
+    return [M.ConfidenceChange(float(y[i]), float(o[i]), int(t[i])) for i in range(len(group))]
+
+
+def _batched_curve(kind: str) -> Callable[[Sequence[MetricContext]], list[Any]]:
+    def compute(group: Sequence[MetricContext]) -> list[Any]:
+        c0 = group[0]
+        fn = M.insertion if kind == "insertion" else M.deletion
+        pixels, maps, targets, logits = _stacked(group)
+        res = fn(c0.model, pixels, maps, targets, c0.preprocess,
+                 **{"steps": c0.steps, "batch_size": c0.batch_size, "logits": logits, **c0.params.get(kind, {})})
+        auc, t = np.asarray(res.auc), np.asarray(res.target)
+        return [M.CurveResult(auc=float(auc[i]), curve=res.curve[i], fractions=res.fractions, target=int(t[i]),
+                              kind=kind) for i in range(len(group))]
+
+    return compute
+
+
+def _batched_coherency(group: Sequence[MetricContext]) -> list[Any] | None:
+    c0 = group[0]
+    if c0.explain_many is None:
+        return None
+    pixels, maps, targets, logits = _stacked(group)
+    values = M.coherency(c0.model, pixels, maps, targets, c0.preprocess, batch_size=c0.batch_size,
+                         logits=logits, explain_many=c0.explain_many)
+    return [float(v) for v in np.asarray(values)]
+
+
+#: The passes metrics share (:attr:`Metric.shares`), each with its batched computation over many
+#: contexts: ``compute(contexts) -> one value per context`` (None: not possible for this group).
+SHARED_PASSES: Mapping[str, Callable[[Sequence[MetricContext]], list[Any] | None]] = {
+    "confidence": _batched_confidence,
+    "insertion": _batched_curve("insertion"),
+    "deletion": _batched_curve("deletion"),
+    "coherency": _batched_coherency,
+}
+
+
+def prefetch(contexts: Sequence[MetricContext], metrics: Sequence[str]) -> None:
+    """Run the shared passes of ``metrics`` for all ``contexts`` at once (batched forward passes).
+
+    The contexts are one method's maps of several images, with the same model,
+    preprocessing, steps, batch size and metric settings (what :func:`camwidgets.evaluate`
+    builds); images of the same size run together. Each context's value is stored as if its
+    own ``ctx.shared`` had computed it, so the metrics' ``compute`` functions then run no
+    pass of their own for it; the values equal the per-image ones up to floating-point
+    summation order. A context whose value is already there is left as it is. Coherency is
+    batched only when the contexts have ``explain_many``.
+
+    Raises whatever a pass raises (a bad map, a class out of range): the caller may then
+    score each context alone, which names the image whose input failed.
+    """
+    wanted = list(dict.fromkeys(key for name in metrics for key in get_metric(name).shares))
+    groups: dict[tuple[int, ...], list[MetricContext]] = {}
+    for ctx in contexts:
+        groups.setdefault(tuple(ctx.pixels.shape), []).append(ctx)
+    for key in wanted:
+        for group in groups.values():
+            todo = [c for c in group if key not in c._shared]
+            if len(todo) < 2:
+                continue  # one image: its own compute runs the same pass
+            values = SHARED_PASSES[key](todo)
+            if values is None:
+                continue
+            for ctx, value in zip(todo, values, strict=True):
+                ctx._shared[key] = value
+
+
+# ----------------------------------------------------------------------------------------
 # the registry
 # ----------------------------------------------------------------------------------------
 _RISE = ("Petsiuk et al., 'RISE: Randomized Input Sampling for Explanation of Black-box Models', BMVC 2018, "
@@ -287,26 +388,27 @@ _ENTRIES: tuple[Metric, ...] = (
     Metric("average_drop", "Average Drop", (Column("average_drop", "AD %", "lower"),), False, True,
            _average_drop,
            "how much of the class probability is lost when only the map's evidence is kept: "
-           "100 · max(0, y − o) / y.", _GRADCAMPP, in_explorer=True),
+           "100 · max(0, y − o) / y.", _GRADCAMPP, in_explorer=True, shares=("confidence",)),
     Metric("increase_in_confidence", "Increase in Confidence",
            (Column("increase_in_confidence", "IC %", "higher"),), False, True,
            _increase_in_confidence,
            "whether the class probability rises when only the map's evidence is kept: 100 · 1[o > y] "
-           "(also called Average Increase).", _GRADCAMPP, in_explorer=True),
+           "(also called Average Increase).", _GRADCAMPP, in_explorer=True, shares=("confidence",)),
     Metric("insertion", "Insertion AUC", (Column("insertion", "insertion", "higher"),), False, True, _insertion,
            "area under the class probability as pixels are revealed in the map's order from a blurred image.",
-           _RISE, in_explorer=True),
+           _RISE, in_explorer=True, shares=("insertion",)),
     Metric("deletion", "Deletion AUC", (Column("deletion", "deletion", "lower"),), False, True, _deletion,
-           "area under the class probability as pixels are removed in the map's order.", _RISE, in_explorer=True),
+           "area under the class probability as pixels are removed in the map's order.", _RISE, in_explorer=True,
+           shares=("deletion",)),
     Metric("over_all", "Over-all", (Column("over_all", "over-all", "higher"),), False, True, _over_all,
            "insertion AUC − deletion AUC.",
-           "Zhang et al., 'Group-CAM', 2021, arXiv:2103.13859 (over-all score)."),
+           "Zhang et al., 'Group-CAM', 2021, arXiv:2103.13859 (over-all score).", shares=("insertion", "deletion")),
     Metric("adcc", "ADCC", (Column("adcc", "ADCC", "higher"), Column("coherency", "coherency", "higher"),
                             Column("complexity", "complexity", "lower")), False, True,
            _adcc,
            "harmonic mean of coherency (the method's map of the masked image matches), 1 − complexity and "
            "1 − AD.",
-           _POPPI, in_explorer=True),
+           _POPPI, in_explorer=True, shares=("confidence", "coherency")),
     Metric("road", "ROAD", (Column("road_morf", "ROAD MoRF", "lower"), Column("road_lerf", "ROAD LeRF", "higher"),
                             Column("road", "ROAD", "higher")), False, True, _road,
            "class probability after removing 10 %, 20 %, …, 90 % of the pixels, most (MoRF) or least (LeRF) "
@@ -318,7 +420,7 @@ _ENTRIES: tuple[Metric, ...] = (
            "harmonic mean of coherency, 1 − complexity and clip(2 · ROAD, 0, 1) (pytorch-grad-cam's ARCC); "
            "not comparable with ADCC, whose third term is 1 − AD. Not computed by default.",
            "'How to Evaluate and Refine your CAM', 2026, arXiv:2605.14641 (ARCC), as pytorch-grad-cam 1.5 "
-           "implements it; ROAD: " + _ROAD, default=False),
+           "implements it; ROAD: " + _ROAD, default=False, shares=("coherency",)),
     Metric("energy_pointing_game", "Energy pointing game", (Column("energy_pointing_game", "energy PG", "higher"),),
            True, False, _against_truth("energy_pointing_game"),
            "share of the map's energy inside the ground truth.",

@@ -95,6 +95,7 @@ TargetLike = int | Sequence[int] | np.ndarray | torch.Tensor | None
 Value = float | np.ndarray
 #: ``explain_fn(masked_pixel_image, target) -> map``: recomputes a method's map, see :func:`coherency`.
 ExplainFn = Callable[[torch.Tensor, int], Any]
+ExplainMany = Callable[[torch.Tensor, Sequence[int]], Sequence[Any]]
 
 _RANGE_TOL = 1e-5
 
@@ -451,6 +452,17 @@ def _setup(model: nn.Module, image: Any, saliency_map: MapLike, preprocess: Prep
     return pixels, maps, single
 
 
+def _given_logits(logits: Any, n: int, what: str) -> torch.Tensor | None:
+    """``logits`` of the unmasked image(s) passed by a caller that already ran them, checked (None: not given)."""
+    if logits is None:
+        return None
+    if not isinstance(logits, torch.Tensor) or logits.dim() != 2 or logits.shape[0] != n:
+        shape = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
+        raise ValueError(f"logits must be a tensor (N, num_classes) for the {n} image(s), got "
+                         f"{shape}; pass None to let {what} run the unmasked images itself.")
+    return logits.detach().float().cpu()
+
+
 def _ad(y: np.ndarray, o: np.ndarray) -> np.ndarray:
     y = np.asarray(y, dtype=np.float64)
     o = np.asarray(o, dtype=np.float64)
@@ -521,11 +533,7 @@ def confidence_change(model: nn.Module, image: Any, saliency_map: MapLike, targe
     """
     preprocess = as_preprocess(preprocess)
     pixels, maps, single = _setup(model, image, saliency_map, preprocess, target)
-    if logits is not None and (not isinstance(logits, torch.Tensor) or logits.dim() != 2
-                               or logits.shape[0] != pixels.shape[0]):
-        shape = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
-        raise ValueError(f"logits must be a tensor (N, num_classes) for the {pixels.shape[0]} image(s), got "
-                         f"{shape}; pass None to let confidence_change run the unmasked images itself.")
+    logits = _given_logits(logits, pixels.shape[0], "confidence_change")
     scorer = _Scorer(model, preprocess, batch_size)
     with _eval_mode(model), torch.inference_mode():
         y, o, targets = _confidence(scorer, pixels, maps, target, logits)
@@ -703,16 +711,17 @@ def _check_steps(steps: int) -> int:
 
 def _curve_metric(kind: str, model: nn.Module, image: Any, saliency_map: MapLike, target: TargetLike,
                   preprocess: Preprocess | None, steps: int, baseline: Any, sigma: float,
-                  batch_size: int) -> CurveResult:
+                  batch_size: int, logits: torch.Tensor | None = None) -> CurveResult:
     preprocess = as_preprocess(preprocess)
     steps = _check_steps(steps)
     if not (isinstance(sigma, (int, float)) and math.isfinite(sigma) and sigma >= 0):
         raise ValueError(f"sigma must be a finite number >= 0 (pixels), got {sigma}.")
     pixels, maps, single = _setup(model, image, saliency_map, preprocess, target)
+    logits = _given_logits(logits, pixels.shape[0], kind)
     base = _baseline_pixels(pixels, baseline, sigma)
     scorer = _Scorer(model, preprocess, batch_size)
     with _eval_mode(model), torch.inference_mode():
-        targets = _resolve_targets(target, scorer.logits(pixels))
+        targets = _resolve_targets(target, scorer.logits(pixels) if logits is None else logits)
         first, second = (base, pixels) if kind == "deletion" else (pixels, base)
         curve, fractions = _curves(scorer, pixels, maps, targets, first, second, steps)
     auc = _trapezoid(curve, fractions)
@@ -727,7 +736,7 @@ def _curve_metric(kind: str, model: nn.Module, image: Any, saliency_map: MapLike
 
 def deletion(model: nn.Module, image: Any, saliency_map: MapLike, target: TargetLike = None,
              preprocess: PreprocessLike = None, *, steps: int = 50, baseline: Any = "black",
-             sigma: float = 5.0, batch_size: int = 32) -> CurveResult:
+             sigma: float = 5.0, batch_size: int = 32, logits: torch.Tensor | None = None) -> CurveResult:
     r"""Deletion curve and AUC (Petsiuk et al. 2018, RISE, arXiv:1806.07421; UnionCAM §4.2). Lower is better.
 
     Pixels are removed in order of decreasing ``E`` (most salient first; ties in raster
@@ -754,6 +763,11 @@ def deletion(model: nn.Module, image: Any, saliency_map: MapLike, target: Target
         Gaussian standard deviation in pixels, used by ``baseline="blur"``.
     batch_size : int, default 32
         Perturbed images per forward pass; the steps of all images are batched together.
+    logits : Tensor (N, num_classes) or None
+        The unmasked image(s)' logits when a pass already gave them (as in
+        :func:`confidence_change`): the class is then resolved and checked from them, and
+        only the perturbed images run. Without them one more forward pass of the image(s)
+        does that.
 
     Returns
     -------
@@ -768,12 +782,12 @@ def deletion(model: nn.Module, image: Any, saliency_map: MapLike, target: Target
     ((5,), [0.0, 0.25, 0.5, 0.75, 1.0])
     """
     return _curve_metric("deletion", model, image, saliency_map, target, preprocess, steps, baseline,
-                         sigma, batch_size)
+                         sigma, batch_size, logits)
 
 
 def insertion(model: nn.Module, image: Any, saliency_map: MapLike, target: TargetLike = None,
               preprocess: PreprocessLike = None, *, steps: int = 50, baseline: Any = "blur",
-              sigma: float = 5.0, batch_size: int = 32) -> CurveResult:
+              sigma: float = 5.0, batch_size: int = 32, logits: torch.Tensor | None = None) -> CurveResult:
     r"""Insertion curve and AUC (Petsiuk et al. 2018, RISE, arXiv:1806.07421; UnionCAM §4.2). Higher is better.
 
     Starts from the baseline image -- by default a Gaussian-blurred copy of the image
@@ -800,6 +814,8 @@ def insertion(model: nn.Module, image: Any, saliency_map: MapLike, target: Targe
         Blur standard deviation in pixels (``baseline="blur"``); 0 means no blur.
     batch_size : int, default 32
         Perturbed images per forward pass.
+    logits : Tensor (N, num_classes) or None
+        The unmasked image(s)' logits, if known (see :func:`deletion`).
 
     Returns
     -------
@@ -807,7 +823,7 @@ def insertion(model: nn.Module, image: Any, saliency_map: MapLike, target: Targe
         ``auc``, ``curve``, ``fractions`` as in :func:`deletion`.
     """
     return _curve_metric("insertion", model, image, saliency_map, target, preprocess, steps, baseline,
-                         sigma, batch_size)
+                         sigma, batch_size, logits)
 
 
 def over_all(insertion_result: CurveResult | Value, deletion_result: CurveResult | Value) -> Value:
@@ -908,13 +924,26 @@ def _explain_fn_from_result(result: Any, model: nn.Module, preprocess: Preproces
 
 
 def _coherency_values(pixels: torch.Tensor, maps: np.ndarray, targets: torch.Tensor,
-                      explain_fn: ExplainFn) -> np.ndarray:
+                      explain_fn: ExplainFn | None, explain_many: ExplainMany | None = None) -> np.ndarray:
+    """``(ρ(E, E') + 1) / 2`` per image; ``E'`` from ``explain_fn`` per image, or ``explain_many`` once for all."""
     h, w = maps.shape[1:]
     recomputed = []
-    for i in range(pixels.shape[0]):
-        masked = (pixels[i] * torch.from_numpy(maps[i]).float()).clone()
+    news: list[Any] | None = None
+    if explain_many is not None:
+        masked_all = pixels * torch.from_numpy(maps).float().unsqueeze(1)
         with torch.inference_mode(False), torch.enable_grad():
-            new = explain_fn(masked, int(targets[i]))
+            news = list(explain_many(masked_all, [int(t) for t in targets]))
+        if len(news) != pixels.shape[0]:
+            raise ValueError(f"explain_many returned {len(news)} maps for {pixels.shape[0]} masked images.")
+    elif explain_fn is None:
+        raise ValueError("coherency needs explain_fn (or explain_many) to re-run the method on x ⊙ E.")
+    for i in range(pixels.shape[0]):
+        if news is not None:
+            new = news[i]
+        else:
+            masked = (pixels[i] * torch.from_numpy(maps[i]).float()).clone()
+            with torch.inference_mode(False), torch.enable_grad():
+                new = explain_fn(masked, int(targets[i]))  # type: ignore[misc]
         arr = _map_array(new, "The map returned by explain_fn")
         if arr.shape != (h, w):
             raise ValueError(
@@ -946,7 +975,8 @@ def _resolve_explain_fn(explain_fn: ExplainFn | None, saliency_map: MapLike, mod
 
 def coherency(model: nn.Module, image: Any, saliency_map: MapLike, target: TargetLike = None,
               preprocess: PreprocessLike = None, *, explain_fn: ExplainFn | None = None,
-              batch_size: int = 32) -> Value:
+              batch_size: int = 32, logits: torch.Tensor | None = None,
+              explain_many: ExplainMany | None = None) -> Value:
     r"""Coherency (Poppi et al. 2021): does the method explain ``x ⊙ E`` the way it explained ``x``?
 
     .. math:: \mathrm{Coherency} = \frac{\rho(E, E') + 1}{2}, \quad E' = \mathrm{method}(x \odot E, c)
@@ -970,6 +1000,14 @@ def coherency(model: nn.Module, image: Any, saliency_map: MapLike, target: Targe
         target=c, layers=[result.layer], preprocess=<normalisation only>)`` is built and
         ``getattr(explainer, result.method)(**result.params)`` re-run (I-CAM keeps its
         ``candidate_layers``). For a batch, the first result's method is used for all.
+    logits : Tensor (N, num_classes) or None
+        The unmasked image(s)' logits, if known: with ``target`` None the class is read
+        from them (else one forward pass finds it), and a given class is range-checked
+        against them.
+    explain_many : callable, optional
+        ``explain_many(masked_pixel_images (N, 3, H, W), targets) -> N maps``: the method
+        re-run on every masked image at once (e.g. through :meth:`Explainer.batch`, one
+        batched pass), used instead of ``explain_fn``.
 
     Returns
     -------
@@ -978,12 +1016,14 @@ def coherency(model: nn.Module, image: Any, saliency_map: MapLike, target: Targe
     """
     preprocess = as_preprocess(preprocess)
     pixels, maps, single = _setup(model, image, saliency_map, preprocess, target)
-    fn = _resolve_explain_fn(explain_fn, saliency_map, model, preprocess, single)
+    logits = _given_logits(logits, pixels.shape[0], "coherency")
+    fn = None if explain_many is not None and callable(explain_many) else _resolve_explain_fn(
+        explain_fn, saliency_map, model, preprocess, single)
     scorer = _Scorer(model, preprocess, batch_size)
     with _eval_mode(model):
         with torch.inference_mode():
-            targets = _resolve_targets(target, scorer.logits(pixels))
-        values = _coherency_values(pixels, maps, targets, fn)
+            targets = _resolve_targets(target, scorer.logits(pixels) if logits is None else logits)
+        values = _coherency_values(pixels, maps, targets, fn, explain_many)
     return _unbatch(values, single)
 
 

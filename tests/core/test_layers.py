@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import inspect
-
 import pytest
 import torch
 from torch import nn
@@ -175,13 +173,6 @@ def test_reused_modules_dropped_by_the_capture() -> None:
         assert list(cap.activations) == expected
 
 
-_ADOPTED = "drop_reused" in inspect.getsource(Explainer.__init__)
-needs_explainer = pytest.mark.xfail(
-    not _ADOPTED, strict=True,
-    reason="Explainer must pass capture(..., drop_reused=isinstance(layers, str)) for layers='auto'")
-
-
-@needs_explainer
 @pytest.mark.parametrize(
     ("factory", "expected"),
     [

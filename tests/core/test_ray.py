@@ -65,7 +65,11 @@ def _same_rows(a: list[dict[str, Any]], b: list[dict[str, Any]]) -> None:
         assert set(ra) == set(rb)
         for key in set(ra) - TIMING:
             if isinstance(ra[key], float):
-                assert rb[key] == pytest.approx(ra[key], rel=1e-6, abs=1e-9), (ra["index"], ra["method"], key)
+                # Shards and local groups batch different images together (summation order): probabilities
+                # agree to ~1e-7, so Average Drop (a percentage) to 1e-4; a curve ranks pixels by the map,
+                # where a 1e-7 change can swap two tied pixels
+                tol = 2e-3 if key in ("insertion", "deletion") else 1e-4
+                assert rb[key] == pytest.approx(ra[key], rel=1e-5, abs=tol), (ra["index"], ra["method"], key)
             else:
                 assert rb[key] == ra[key], (ra["index"], ra["method"], key)
 
