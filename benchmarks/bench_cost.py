@@ -7,7 +7,8 @@ figure comes as the range over repeated runs, not a single best):
   camwidgets beside torchcam, Captum and pytorch-grad-cam interleaved round-robin, with the
   forward and forward + backward bounds (wall and CPU time);
 - ``bench_evaluate_row.py``: an ``evaluate`` row (Grad-CAM + Average Drop / IC) against one
-  forward + backward and the masked forward, demo model and ResNet-50;
+  forward + backward and the masked forward, demo model and ResNet-50, with 8 images per
+  call run as a batch (``image_batch=8``) and one by one;
 - ``bench_explorer_timeline.py``: ``CAMExplorer`` on ResNet-50, from construction to every
   metric shown;
 - ``bench_import.py``: ``import camwidgets``, ``camwidgets.core``, import + ``CAMExplorer()``
@@ -21,6 +22,7 @@ Usage::
     python benchmarks/bench_cost.py > cost.json                 # 2 repeats, about 20 min on 2 cores
     python benchmarks/bench_cost.py --repeats 1 --rounds 3      # quicker
     python benchmarks/bench_cost.py --markdown cost.json        # the tables
+    python benchmarks/bench_cost.py --parts evaluate_row        # some parts only
 """
 
 from __future__ import annotations
@@ -52,17 +54,19 @@ def _part(script: str, *args: str) -> dict[str, Any]:
     return record
 
 
-def measure(repeats: int, rounds: int) -> dict[str, Any]:
+PARTS = ("single_image", "evaluate_row", "explorer_timeline", "import")
+
+
+def measure(repeats: int, rounds: int, parts: tuple[str, ...] = PARTS) -> dict[str, Any]:
     import torch
 
+    args = {"single_image": ("bench_single_image.py", "--rounds", str(rounds)),
+            "evaluate_row": ("bench_evaluate_row.py", "--rounds", str(rounds)),
+            "explorer_timeline": ("bench_explorer_timeline.py", "--timeout", "300"),
+            "import": ("bench_import.py", "--repeats", "3")}
     runs = []
     for _ in range(repeats):
-        runs.append({
-            "single_image": _part("bench_single_image.py", "--rounds", str(rounds)),
-            "evaluate_row": _part("bench_evaluate_row.py", "--rounds", str(rounds)),
-            "explorer_timeline": _part("bench_explorer_timeline.py", "--timeout", "300"),
-            "import": _part("bench_import.py", "--repeats", "3"),
-        })
+        runs.append({part: _part(*args[part]) for part in parts})
     return {"machine": {"python": platform.python_version(), "torch": torch.__version__,
                         "platform": platform.platform(), "cpus": os.cpu_count()},
             "repeats": repeats, "rounds": rounds, "runs": runs}
@@ -79,7 +83,7 @@ def markdown(report: dict[str, Any]) -> str:
              f"runs of `python benchmarks/bench_cost.py` (ranges over the runs; each run's figure is a median "
              f"of {report['rounds']} interleaved rounds).", ""]
     # single image
-    single = [r["single_image"]["result"] for r in runs if "result" in r["single_image"]]
+    single = [r["single_image"]["result"] for r in runs if "result" in r.get("single_image", {})]
     if single:
         lines += ["### One map: camwidgets, the peers and the bounds (ms, 224 px, random weights, 2 threads)", "",
                   "| model | method | camwidgets | torchcam | Captum | pytorch-grad-cam | forward | forward + backward "
@@ -96,8 +100,26 @@ def markdown(report: dict[str, Any]) -> str:
                              f"{cell('captum')} | {cell('pytorch-grad-cam')} | {cell('forward')} | "
                              f"{cell('forward_backward')} | {_span(ratios, '{:.2f}') if ratios else '–'} |")
         lines.append("")
-    rows = [r["evaluate_row"]["result"] for r in runs if "result" in r["evaluate_row"]]
-    if rows:
+    rows = [r["evaluate_row"]["result"] for r in runs if "result" in r.get("evaluate_row", {})]
+    if rows and "bound_batched" in rows[0]["results"][0]["median_s_per_row"]:
+        n = rows[0]["results"][0]["images_per_call"]
+        lines += [f"### One `evaluate` row (Grad-CAM + Average Drop / IC) against its passes (ms per row, "
+                  f"{n} images per call)", "",
+                  f"| model | evaluate (`image_batch={n}`) | evaluate (`image_batch=1`) | bound: each image's "
+                  "forward + backward, masked forward | the same passes batched by hand | evaluate ÷ bound | "
+                  "evaluate ÷ batched bound |", "|---|---|---|---|---|---|---|"]
+        for i, m in enumerate(rows[0]["results"]):
+            def ms(key: str, i: int = i) -> str:
+                return _span([r["results"][i]["median_s_per_row"][key] * 1000 for r in rows], "{:.1f}")
+
+            def ratio(key: str, i: int = i) -> str:
+                return _span([r["results"][i][key] for r in rows], "{:.2f}")
+
+            lines.append(f"| {m['model']} | {ms('evaluate')} | {ms('evaluate_one_by_one')} | {ms('bound')} | "
+                         f"{ms('bound_batched')} | {ratio('ratio_evaluate_to_bound')} | "
+                         f"{ratio('ratio_evaluate_to_bound_batched')} |")
+        lines.append("")
+    elif rows:  # reports from before evaluate batched images
         lines += ["### One `evaluate` row (Grad-CAM + Average Drop / IC) against its passes (ms per row)", "",
                   "| model | evaluate | bound (forward + backward, masked forward) | ratio |", "|---|---|---|---|"]
         for i, m in enumerate(rows[0]["results"]):
@@ -106,7 +128,7 @@ def markdown(report: dict[str, Any]) -> str:
             ra = [r["results"][i]["ratio_evaluate_to_bound"] for r in rows]
             lines.append(f"| {m['model']} | {_span(ev, '{:.1f}')} | {_span(bd, '{:.1f}')} | {_span(ra, '{:.2f}')} |")
         lines.append("")
-    tl = [r["explorer_timeline"]["result"]["result"] for r in runs if "result" in r["explorer_timeline"]]
+    tl = [r["explorer_timeline"]["result"]["result"] for r in runs if "result" in r.get("explorer_timeline", {})]
     if tl:
         lines += ["### The explorer on ResNet-50 (s after construction began)", "",
                   "| constructed | maps | AD / IC | curves | ADCC (everything shown) |", "|---|---|---|---|---|"]
@@ -114,7 +136,7 @@ def markdown(report: dict[str, Any]) -> str:
         lines.append("| " + " | ".join(_span([t["seconds"][k] for t in tl if k in t["seconds"]], "{:.1f}")
                                        for k in keys) + " |")
         lines.append("")
-    imp = [r["import"]["result"] for r in runs if "result" in r["import"]]
+    imp = [r["import"]["result"] for r in runs if "result" in r.get("import", {})]
     if imp:
         lines += ["### Import (s, fresh process)", "", "| case | median per run |", "|---|---|"]
         for case in imp[0]["wall_s"]:
@@ -133,11 +155,13 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--rounds", type=int, default=10)
     ap.add_argument("--markdown", type=Path, help="print the tables of a saved JSON report instead")
+    ap.add_argument("--parts", nargs="+", choices=PARTS, default=list(PARTS), help="the parts to run")
     args = ap.parse_args()
     if args.markdown:
         print(markdown(json.loads(args.markdown.read_text())))
         return
-    print(json.dumps(measure(args.repeats, args.rounds), indent=1, ensure_ascii=False, default=str))
+    print(json.dumps(measure(args.repeats, args.rounds, tuple(args.parts)), indent=1, ensure_ascii=False,
+                     default=str))
 
 
 if __name__ == "__main__":

@@ -19,6 +19,10 @@ Each round times, on the same ``--batch`` images (default 8), in rotating order:
 Times are per row. ``ratio_evaluate_to_bound`` is the issue's criterion (a row against one
 image's own passes); ``ratio_evaluate_to_bound_batched`` compares like with like.
 
+``--metrics default`` times the rows with every default metric instead (the bound then still
+counts only the two passes above, so its ratio is not a criterion; the two ``evaluate`` columns
+say what batching gains on a full row).
+
 Usage::
 
     python benchmarks/bench_evaluate_row.py                      # demo model and ResNet-50, 10 rounds
@@ -102,6 +106,11 @@ def _evaluate(model: torch.nn.Module, preprocess: Any, items: list[Any], image_b
                         progress=False, image_batch=image_batch)
 
 
+def _use_metrics(which: str) -> None:
+    global METRICS
+    METRICS = list(camwidgets.core.evaluate.DEFAULT_METRICS) if which == "default" else METRICS
+
+
 def _timed(fn: Any) -> tuple[float, float]:
     w, c = time.perf_counter(), time.process_time()
     fn()
@@ -155,7 +164,9 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--size", type=int, default=224)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--metrics", choices=["ad-ic", "default"], default="ad-ic")
     args = ap.parse_args()
+    _use_metrics(args.metrics)
     torch.set_num_threads(args.threads)
     report: dict[str, Any] = {
         "machine": {"python": sys.version.split()[0], "torch": torch.__version__,

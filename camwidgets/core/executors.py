@@ -111,7 +111,8 @@ class RayExecutor:
         instance the caller already initialised is used as it is and left running.
     shard_size : int, default 4
         Images per shard: rows are saved (and the progress bar moves) shard by shard, and a
-        lost actor costs at most the shards it held.
+        lost actor costs at most the shards it held. An actor runs its shard's images as a
+        batch, ``image_batch`` (an :func:`~camwidgets.evaluate` argument) at a time.
     max_retries : int, default 3
         How often Ray restarts a dead actor and re-runs its unfinished shards.
     init_kwargs : mapping, optional
