@@ -43,6 +43,7 @@ from . import methods as _methods
 from . import metric_registry as _metric_registry
 from . import metrics as M
 from .image import load_image
+from .metric_registry import MetricContext
 from .preprocess import Preprocess, PreprocessLike
 
 __all__ = ["DEFAULT_METHODS", "DEFAULT_METRICS", "METRIC_COLUMNS", "EvaluationResult", "LocalExecutor",
@@ -1205,9 +1206,6 @@ class _Loaded:
     asked: int | None
 
 
-M_Context = _metric_registry.MetricContext
-
-
 @dataclass(frozen=True, eq=False)
 class _Task:
     """Everything needed to evaluate one dataset item: what :func:`evaluate` hands an executor.
@@ -1318,9 +1316,6 @@ class _Task:
 
         return explain_many
 
-    def _failure(self, err: BaseException) -> str:
-        return f"{type(err).__name__}: {err}"
-
     def run_group(self, entries: Sequence[tuple[int, Callable[[], Any], Sequence[str]]],
                   on_row: Callable[[dict[str, Any]], None] | None = None,
                   note: Callable[[str], None] | None = None
@@ -1349,9 +1344,9 @@ class _Task:
         out: dict[int, tuple[list[dict[str, Any]], list[dict[str, Any]]]] = {i: ([], []) for i, _, _ in entries}
         todos = {index: list(todo) for index, _, todo in entries}
 
-        def item_error(index: int, err: BaseException) -> None:
-            out[index][1].extend({"index": index, "method": name, "stage": "item", "error": self._failure(err)}
-                                 for name in todos[index])
+        def failed(index: int, stage: str, names: Sequence[str], err: BaseException) -> None:
+            out[index][1].extend({"index": index, "method": name, "stage": stage,
+                                  "error": f"{type(err).__name__}: {err}"} for name in names)
 
         loaded: list[_Loaded] = []
         for index, load, _ in entries:
@@ -1362,7 +1357,7 @@ class _Task:
             except Exception as err:
                 if self.on_error == "raise":
                     raise
-                item_error(index, err)
+                failed(index, "item", todos[index], err)
         built: dict[int, tuple[Any, float]] = {}
         if self.factory is Explainer and len(loaded) > 1:
             t0 = time.perf_counter()
@@ -1384,12 +1379,12 @@ class _Task:
             except Exception as err:
                 if self.on_error == "raise":
                     raise
-                item_error(ld.index, err)
+                failed(ld.index, "item", todos[ld.index], err)
 
         explainers_of: dict[int, Any] = {p.index: p.explainer for p in prepared}
         capture_of: dict[int, float] = {p.index: p.capture_seconds for p in prepared}
         for name, spec in self.specs.items():
-            scored: list[tuple[_Prepared, M_Context, float]] = []
+            scored: list[tuple[_Prepared, MetricContext, float]] = []
             explain_many = self._explain_many(spec)
             for p in prepared:
                 if name not in todos[p.index]:
@@ -1411,8 +1406,7 @@ class _Task:
                 except Exception as err:
                     if self.on_error == "raise":
                         raise
-                    out[p.index][1].append({"index": p.index, "method": name, "stage": "method",
-                                            "error": self._failure(err)})
+                    failed(p.index, "method", [name], err)
                     continue
                 scored.append((p, self._context(p, emap, spec, explain_many), seconds))
             if not scored:
@@ -1437,8 +1431,7 @@ class _Task:
                 except Exception as err:
                     if self.on_error == "raise":
                         raise
-                    out[p.index][1].append({"index": p.index, "method": name, "stage": "method",
-                                            "error": self._failure(err)})
+                    failed(p.index, "method", [name], err)
                     continue
                 metric_seconds = share + time.perf_counter() - t1
                 row = _json_value({"index": p.index, "method": name, "label": p.item.label, "target": p.target,
@@ -1451,7 +1444,7 @@ class _Task:
         return [(index, *out[index]) for index, _, _ in entries]
 
     def _context(self, p: _Prepared, emap: np.ndarray, spec: Mapping[str, Any],
-                 explain_many: Callable[[torch.Tensor, Sequence[int]], list[Any]] | None) -> M_Context:
+                 explain_many: Callable[[torch.Tensor, Sequence[int]], list[Any]] | None) -> MetricContext:
         """What the metrics see of one item's map (see :class:`~camwidgets.core.metric_registry.MetricContext`)."""
         model, factory, layers, norm_only = self.model, self.factory, self.layers, self.norm_only
 
@@ -1459,7 +1452,7 @@ class _Task:
             ex = factory(model, masked, target=t, layers=layers, preprocess=norm_only)
             return getattr(ex, spec["method"])(**spec["params"])
 
-        return M_Context(model=model, pixels=p.geo, saliency_map=emap, target=p.target, preprocess=norm_only,
+        return MetricContext(model=model, pixels=p.geo, saliency_map=emap, target=p.target, preprocess=norm_only,
                          steps=self.steps, batch_size=self.batch_size, mask=p.mask, box=p.box,
                          explain_fn=explain_fn, params=self.params, logits=p.logits, other_mask=p.other_mask,
                          explain_many=explain_many)

@@ -391,9 +391,10 @@ def _road_run(model: nn.Module, image: Any, saliency_map: MapLike, target: Targe
     noise = _check_noise(noise)
     gen = _generator(seed, generator)
     pixels, maps, single = M._setup(model, image, saliency_map, pre, target)
+    given = M._given_logits(logits, pixels.shape[0], "ROAD")
     scorer = M._Scorer(model, pre, batch_size)
     with M._eval_mode(model), torch.inference_mode():
-        lg = scorer.logits(pixels) if logits is None else logits.detach().float().cpu()
+        lg = scorer.logits(pixels) if given is None else given
         targets = M._resolve_targets(target, lg)
         y = torch.softmax(lg, dim=1).gather(1, targets.view(-1, 1)).squeeze(1).double().numpy()
         scores = _road_scores(scorer, pixels, maps, targets, p, orders, noise, gen)
