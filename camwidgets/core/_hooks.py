@@ -11,10 +11,13 @@ Design (what the tests check):
   parameters' ``.grad``, frozen parameters do not matter (the input is made to require
   grad), and the pass works inside ``torch.no_grad()`` and ``torch.inference_mode()``
   because it re-enables both.
-* Each forward hook stores the layer's output and hands a *clone* on to the rest of
-  the network, so a later in-place operation (torchvision's ``ReLU(inplace=True)``
-  after a BatchNorm, ``out += identity``) cannot overwrite what was captured, and the
-  gradient is that of the stored tensor.
+* A later in-place operation on a captured output (a ``ReLU(inplace=True)`` after a
+  hooked conv or BatchNorm, ``out += identity``) would overwrite what was captured and
+  change which tensor the gradient is taken of. :func:`capture` records each output's
+  version counter when its hook fires and, if any changed by the end of the forward pass,
+  runs the pass again with hooks that store the output and hand a *clone* on to the rest
+  of the network. Most models (torchvision's blocks) never modify a block's output, so
+  they pay for no copy; the others pay for a second forward pass, never for a wrong map.
 * Threads share a model safely: plain passes of a model already in eval mode run side by
   side (:func:`eval_mode` holds the model's gate *shared*), while a block that registers
   hooks (:func:`forward_hooks`, Ablation-CAM's channel hook) or changes modes (a model
@@ -264,12 +267,15 @@ def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
 
 @contextmanager
 def forward_hooks(model: nn.Module, layers: Sequence[str], *, clone: bool = True,
-                  drop_reused: bool = False) -> Iterator[dict[str, torch.Tensor]]:
+                  drop_reused: bool = False, versions: dict[str, int] | None = None
+                  ) -> Iterator[dict[str, torch.Tensor]]:
     """Record the outputs of ``layers`` (dotted names) during the forward passes inside the block.
 
     Yields a dict ``name -> output`` filled by each forward pass. With ``clone=True`` the
     network continues with a copy of each output, so in-place operations downstream
-    leave the recorded tensor (and its gradient) intact.
+    leave the recorded tensor (and its gradient) intact. ``versions``, if given, receives
+    each recorded output's version counter at the moment it was recorded: an output whose
+    counter differs after the pass was changed in place downstream.
 
     A layer that runs more than once per forward pass (a shared module) has no single
     activation: by default the block raises ``ValueError`` when it ends; with
@@ -294,6 +300,8 @@ def forward_hooks(model: nn.Module, layers: Sequence[str], *, clone: bool = True
                 store[name] = output  # type: ignore[assignment]  # checked by the caller
                 return None
             store[name] = output
+            if versions is not None:
+                versions[name] = output._version
             return output.clone() if clone else None
 
         return hook
@@ -495,8 +503,14 @@ def capture(model: nn.Module, x: torch.Tensor, layers: Sequence[str],
         need_grad = bool(gradients) or input_grad
         if need_grad:
             xin.requires_grad_(True)
-        with forward_hooks(model, layers, clone=True, drop_reused=drop_reused) as store:
+        versions: dict[str, int] = {}
+        with forward_hooks(model, layers, clone=False, drop_reused=drop_reused, versions=versions) as store:
             logits = model(xin)
+        if any(isinstance(t, torch.Tensor) and t._version != versions.get(n) for n, t in store.items()):
+            # A later in-place operation changed a recorded output: run again, the network continuing
+            # with copies, so each recorded tensor keeps its value and its own gradient.
+            with forward_hooks(model, layers, clone=True, drop_reused=drop_reused) as store:
+                logits = model(xin)
         if not isinstance(logits, torch.Tensor) or logits.dim() != 2:
             raise ValueError(
                 "The model's output must be a logits tensor of shape (N, num_classes); got "

@@ -116,7 +116,7 @@ from . import _ops
 from . import fusion as _fusion
 from ._hooks import ReshapeSpec, batch_logits, capture, model_device, model_dtype
 from .image import ImageLike, load_image
-from .layers import LayerSpec, candidate_layers, default_layer, resolve_layer, resolve_layers
+from .layers import LayerSpec, _find_candidates, candidate_layers, default_layer, resolve_layer, resolve_layers
 from .preprocess import PreprocessLike, as_preprocess
 from .results import CAMResult, freeze_array
 from .tokens import Layout, Reshape
@@ -372,13 +372,14 @@ class Explainer:
                 f"(valid indices 0..{n_static - 1}). Pass target=None for the predicted class."
             )
         cands: list[str] | None = memo.get("cands")
+        generic = bool(memo.get("generic"))  # candidates from the structural fallback (1x1 outputs dropped)
         if cands is not None:
             pass
         elif isinstance(layers, str):
             if layers != "auto":
                 raise ValueError(f"layers must be 'auto' or a list of layer names/modules, got {layers!r}. "
                                  "For a single layer use layers=[name].")
-            cands = candidate_layers(model)
+            cands, generic = _find_candidates(model)
         else:
             try:
                 cands = resolve_layers(model, list(layers))
@@ -396,9 +397,8 @@ class Explainer:
         self._img = pixels.to(self._device, dtype=torch.float32)
         self._x = self._normalize(self._img)[None]
         self._auto = isinstance(layers, str)
-        if "generic" not in memo:
-            memo["cands"], memo["generic"] = cands, self._auto and _generic_candidates(model, cands)
-        self._generic: bool = memo["generic"]
+        memo["cands"], memo["generic"] = cands, generic
+        self._generic = generic
         self._asked = tgt
         self._cand_list = cands
 
@@ -880,13 +880,6 @@ class Explainer:
 
 def _has_any_conv(model: nn.Module) -> bool:
     return any(isinstance(m, nn.Conv2d) for m in model.modules())
-
-
-def _generic_candidates(model: nn.Module, cands: Sequence[str]) -> bool:
-    """True when ``cands`` came from the structural fallback (so 1x1 outputs are dropped)."""
-    from .layers import _known_blocks, _vgg_relus
-
-    return not _known_blocks(model) and not _vgg_relus(model)
 
 
 def explain_batch(model: nn.Module, images: Any, method: str = "gradcam",

@@ -270,6 +270,15 @@ def candidate_layers(model: nn.Module) -> list[str]:
     >>> candidate_layers(resnet18())[-2:]
     ['layer4.0', 'layer4.1']
     """
+    return _find_candidates(model)[0]
+
+
+def _find_candidates(model: nn.Module) -> tuple[list[str], bool]:
+    """:func:`candidate_layers`, and whether they came from the structural fallback (``_generic``).
+
+    The explainer drops a fallback candidate whose output is 1x1 (a pooled head), and keeps
+    one of a recognised architecture; this tells it which without a second search.
+    """
     model = unwrap_model(model)
     if not _has_conv(model):
         raise ValueError(
@@ -280,9 +289,9 @@ def candidate_layers(model: nn.Module) -> list[str]:
     names = _known_blocks(model)
     if not names:
         names = _vgg_relus(model)
-    if not names:
-        names = _generic(model)
-    return names
+    if names:
+        return names, False
+    return _generic(model), True
 
 
 def default_layer(candidates: Sequence[str]) -> str:

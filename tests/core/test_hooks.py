@@ -60,6 +60,29 @@ def test_inplace_relu_does_not_corrupt_capture() -> None:
         torch.testing.assert_close(cap.gradients[n], grads[n], rtol=1e-4, atol=1e-7)
 
 
+def test_a_second_pass_only_when_a_recorded_output_was_changed_in_place(counter) -> None:
+    """Outputs are recorded without a copy; an in-place change downstream (seen by the tensor's
+    version counter) makes the capture run once more with copies, so the values and gradient are
+    those of the layer's own output."""
+    torch.manual_seed(0)
+    model = resnet18().eval()
+    x = torch.randn(1, 3, 48, 48)
+    c = counter(model)
+    capture(model, x, candidate_layers(model), 7)  # block outputs: never changed in place
+    assert c.calls == 1
+    c.calls = 0
+    layers = ["layer1.0.bn1", "layer4.1"]  # bn1 is followed by ReLU(inplace=True)
+    cap = capture(model, x, layers, 7)
+    assert c.calls == 2
+    _, acts, grads = _reference(model, x, layers, 7)
+    assert cap.activations["layer1.0.bn1"].min() < 0
+    for n in layers:
+        torch.testing.assert_close(cap.activations[n], acts[n], rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(cap.gradients[n], grads[n], rtol=1e-4, atol=1e-7)
+    c.remove()
+    assert _no_hooks(model)
+
+
 def test_one_forward_captures_all_candidates(demo: nn.Module, counter) -> None:
     names = candidate_layers(demo)
     c = counter(demo)
