@@ -32,6 +32,7 @@ import torchvision
 def run(name: str, timeout: float) -> dict[str, Any]:
     import camwidgets
     from camwidgets.widgets import CAMExplorer
+    from camwidgets.widgets.controller import METRIC_COLUMN as COL
 
     model, preprocess, classes = camwidgets.load_torchvision(name, weights=None)
     t0, c0 = time.perf_counter(), time.process_time()
@@ -56,11 +57,11 @@ def run(name: str, timeout: float) -> dict[str, Any]:
             if ex.map_updates >= 1:
                 events.setdefault("maps", now)
             rows = ex.metric_values
-            if rows and all(r.get("AD ↓") is not None for r in rows.values()):
+            if rows and all(r.get(COL["average_drop"]) is not None for r in rows.values()):
                 events.setdefault("ad_ic", now)
-            if rows and all(r.get("insertion ↑") is not None for r in rows.values()):
+            if rows and all(r.get(COL["insertion"]) is not None for r in rows.values()):
                 events.setdefault("curves", now)
-            if rows and all(r.get("ADCC ↑") is not None for r in rows.values()):
+            if rows and all(r.get(COL["adcc"]) is not None for r in rows.values()):
                 events.setdefault("adcc", now)
             if ex.progress.value >= 1 and "maps" in events:
                 events.setdefault("final", now)

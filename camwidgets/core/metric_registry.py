@@ -34,8 +34,8 @@ from . import metrics as M
 from . import road as _road_mod
 from .preprocess import Preprocess
 
-__all__ = ["METRICS", "SHARED_PASSES", "Column", "Metric", "MetricContext", "get_metric", "list_metrics",
-           "prefetch"]
+__all__ = ["METRICS", "PASS_COST", "SHARED_PASSES", "Column", "Metric", "MetricContext", "get_metric",
+           "list_metrics", "prefetch"]
 
 Direction = Literal["higher", "lower"]
 
@@ -151,7 +151,9 @@ class Metric:
     summary, reference : str
         One sentence, and the paper (title, authors, year, arXiv id, equation).
     in_explorer : bool
-        Shown in the explorer's metrics table.
+        Shown in the explorer's metrics table (its first column), computed live in the order
+        of :attr:`cost`; a ground-truth metric shows a value only on an image that has one
+        (a bundled sample, for a class present in it).
     default : bool
         Computed by :func:`camwidgets.evaluate` when ``metrics=`` is not given
         (:data:`camwidgets.core.evaluate.DEFAULT_METRICS`). False for the costly ones (ROAD,
@@ -178,6 +180,15 @@ class Metric:
     def column_names(self) -> tuple[str, ...]:
         """The names of :attr:`columns`."""
         return tuple(c.name for c in self.columns)
+
+    @property
+    def cost(self) -> int:
+        """How much model work one value costs, from what it runs: 0 none (map and ground truth
+        only), else the dearest of its shared passes (:data:`PASS_COST`; 1 for a metric that runs
+        the model through no shared pass). The explorer computes cheaper metrics first."""
+        if not self.needs_model:
+            return 0
+        return max((PASS_COST[s] for s in self.shares), default=1)
 
 
 # ----------------------------------------------------------------------------------------
@@ -333,6 +344,10 @@ def _batched_coherency(group: Sequence[MetricContext]) -> list[Any] | None:
     return [float(v) for v in np.asarray(values)]
 
 
+#: What each shared pass costs, in the explorer's order: one masked forward pass (1), a curve of
+#: ``steps + 1`` passes (2), the method re-run on the masked image (3).
+PASS_COST: Mapping[str, int] = {"confidence": 1, "insertion": 2, "deletion": 2, "coherency": 3}
+
 #: The passes metrics share (:attr:`Metric.shares`), each with its batched computation over many
 #: contexts: ``compute(contexts) -> one value per context`` (None: not possible for this group).
 SHARED_PASSES: Mapping[str, Callable[[Sequence[MetricContext]], list[Any] | None]] = {
@@ -424,7 +439,8 @@ _ENTRIES: tuple[Metric, ...] = (
     Metric("energy_pointing_game", "Energy pointing game", (Column("energy_pointing_game", "energy PG", "higher"),),
            True, False, _against_truth("energy_pointing_game"),
            "share of the map's energy inside the ground truth.",
-           "Wang et al., 'Score-CAM', CVPR-W 2020, arXiv:1910.01279 (energy-based pointing game)."),
+           "Wang et al., 'Score-CAM', CVPR-W 2020, arXiv:1910.01279 (energy-based pointing game).",
+           in_explorer=True),
     Metric("pointing_game", "Pointing game", (Column("pointing_game", "PG hit", "higher"),), True, False,
            _against_truth("pointing_game"), "whether the map's maximum lies inside the ground truth.",
            "Zhang et al., 'Top-down Neural Attention by Excitation Backprop', ECCV 2016, arXiv:1608.00507."),
@@ -446,7 +462,7 @@ _ENTRIES: tuple[Metric, ...] = (
            "minus its energy inside the other objects (in [-1, 1]), and whether its maximum lies on another "
            "object; no value for single-class images.",
            "Selvaraju et al., 'Grad-CAM: Visual Explanations from Deep Networks via Gradient-based "
-           "Localization', ICCV 2017, arXiv:1610.02391 (class-discriminative maps)."),
+           "Localization', ICCV 2017, arXiv:1610.02391 (class-discriminative maps).", in_explorer=True),
 )
 
 #: Every registered metric by name, in the order rows and tables list them.

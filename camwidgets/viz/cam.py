@@ -279,24 +279,28 @@ def update_fusion_figure(fig: go.Figure, result: Any) -> None:
 
 
 # -- metrics ---------------------------------------------------------------------------------
-def metrics_figure(columns: Sequence[str] = ("AD ↓", "IC ↑", "ADCC ↑", "insertion ↑", "deletion ↓")) -> go.Figure:
-    """An empty metrics table (one row per method), filled by :func:`update_metrics_figure`."""
+def metrics_figure(columns: Sequence[str]) -> go.Figure:
+    """An empty metrics table (one row per method, one column per name in ``columns``), filled by
+    :func:`update_metrics_figure`."""
     fig = go.Figure(go.Table(header={"values": ["method", *columns], "align": "left"},
                              cells={"values": [[] for _ in range(len(columns) + 1)], "align": "left"}))
-    fig.update_layout(height=230, width=560, margin={"l": 2, "r": 2, "t": 30, "b": 2},
+    fig.update_layout(height=230, width=max(560, 110 + 80 * len(columns)), margin={"l": 2, "r": 2, "t": 30, "b": 2},
                       title={"text": "Metrics", "font": {"size": 14}})
     return fig
 
 
 def update_metrics_figure(fig: go.Figure, rows: Mapping[str, Mapping[str, float | None]],
                           title: str | None = None) -> None:
-    """``rows``: method -> {column: value or None (shown as …, still computing)}."""
+    """``rows``: method -> {column: value, None (shown as …, still computing) or NaN (shown as –,
+    no value: a ground-truth metric on an image without one)}."""
     header = list(fig.data[0].header.values)
     cols = header[1:]
     methods = list(rows)
 
     def fmt(v: float | None) -> str:
-        return "…" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.3f}"
+        if v is None:
+            return "…"
+        return "–" if math.isnan(v) else f"{v:.3f}"
 
     values = [methods] + [[fmt(rows[m].get(c)) for m in methods] for c in cols]
     with _batch(fig):

@@ -28,23 +28,25 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Hashable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 from weakref import WeakKeyDictionary, WeakSet
 
+import numpy as np
 import torch
 from traitlets import Enum, Float, HasTraits, Int, List, TraitError, Unicode, observe, validate
 
 from ..core import Cancelled, cancel_when
 from ..core import methods as _registry
+from ..core import metric_registry as _metric_registry
 from ..core import metrics as M
 from ..core.explainer import Explainer
 from ..core.image import load_image
-from ..core.preprocess import PreprocessLike, as_preprocess
+from ..core.preprocess import Preprocess, PreprocessLike, as_preprocess
 from ..datasets.samples import list_samples, load_sample
 from ._runner import LatestRunner
 
-__all__ = ["CURVE_STEPS", "DEFAULT_METHODS", "FAST_ABOVE_CHANNELS", "LARGE_MODEL_CURVE_STEPS", "METHOD_LABELS",
-           "METRIC_COLUMNS", "ExplorerController"]
+__all__ = ["CURVE_STEPS", "DEFAULT_METHODS", "EXPLORER_METRICS", "FAST_ABOVE_CHANNELS", "LARGE_MODEL_CURVE_STEPS",
+           "METHOD_LABELS", "METRIC_COLUMN", "METRIC_COLUMNS", "ExplorerController"]
 
 #: The bundled sample the explorer opens on with the demo model: two objects of two classes, so
 #: that moving the class dropdown from one to the other moves the maps from one object to the other.
@@ -64,8 +66,16 @@ FAST_ABOVE_CHANNELS = 512
 #: Steps of the live insertion / deletion curves (each step is one forward pass per curve), on a
 #: small model and on a large one (more than FAST_ABOVE_CHANNELS channels at the default layer).
 CURVE_STEPS, LARGE_MODEL_CURVE_STEPS = 50, 16
-#: Columns of the live metrics table, in the order they are computed and shown.
-METRIC_COLUMNS: tuple[str, ...] = ("AD ↓", "IC ↑", "insertion ↑", "deletion ↓", "ADCC ↑")
+#: The metrics of the live table: the registry's entries marked ``in_explorer`` (registry order).
+EXPLORER_METRICS: tuple[_metric_registry.Metric, ...] = tuple(
+    m for m in _metric_registry.list_metrics() if m.in_explorer)
+#: Columns of the live metrics table: each metric's first column, its label and which way is better.
+METRIC_COLUMNS: tuple[str, ...] = tuple(f"{m.columns[0].label} {m.columns[0].arrow}".strip()
+                                        for m in EXPLORER_METRICS)
+#: The column of each metric in the table (and in ``metric_values``): metric name -> column.
+METRIC_COLUMN: dict[str, str] = dict(zip((m.name for m in EXPLORER_METRICS), METRIC_COLUMNS, strict=True))
+#: What the status line calls the time of each cost class of metrics (Metric.cost).
+_COST_TIMINGS = {0: "ground truth", 1: "metrics", 2: "curves", 3: "adcc"}
 #: Seconds close() waits for a running computation to stop (it stops at the core's next checkpoint).
 CLOSE_TIMEOUT = 30.0
 
@@ -576,17 +586,36 @@ class ExplorerController(HasTraits):
             pass
 
     def _measure(self, exp: Explainer, results: dict[str, Any], generation: int, label: str, note: str) -> None:
-        """AD and IC (one masked pass per map), then the curves (``curve_steps`` steps), then ADCC.
+        """The metrics of the registry marked ``in_explorer``, cheapest first (:attr:`Metric.cost`).
 
-        ADCC runs last: its coherency re-runs each method on the masked image, as costly as the
-        method itself (a region map: one pass per channel or position). The status line says
-        which method it re-runs; a newer update stops it at the core's next checkpoint.
+        Ground-truth metrics (no model pass) first, then AD and IC (one masked pass per map),
+        then the curves (``curve_steps`` steps), then ADCC, which re-runs each method on the
+        masked image, as costly as the method itself (a region map: one pass per channel or
+        position). The status line says what runs; a newer update stops it at the core's next
+        checkpoint. A value that cannot exist (a ground-truth metric on an image without one)
+        is NaN, shown as "–".
         """
-        t0 = time.perf_counter()
-        model, pre, img, tgt = self.model, self.preprocess, exp.image, exp.target
+        model, tgt = self.model, exp.target
         caches = {m: self._metrics_cache.setdefault(r, {}) for m, r in results.items()}
         rows = {m: {k: caches[m].get(k) for k in METRIC_COLUMNS} for m in results}
+        columns = METRIC_COLUMN
         maps_ms = f"maps in {self.timings.get('maps', 0.0) * 1000:.0f} ms"
+        truth: list[tuple[Any, Any]] = []  # the explained object's mask and the others', looked up once if needed
+        norm = Preprocess(mean=self.preprocess.mean, std=self.preprocess.std) if self.preprocess is not None else None
+
+        def context(m: str, r: Any) -> _metric_registry.MetricContext:
+            # One per result object (one image and class): the metrics of one map share its passes (AD,
+            # IC and ADCC one masked pass), also across updates that keep the result.
+            if "context" not in caches[m]:
+                if not truth:
+                    truth.append(self._ground_truth(exp))
+                mask, other = truth[0]
+                caches[m]["context"] = _metric_registry.MetricContext(
+                    model=model, pixels=exp.image, saliency_map=M._map_array(r, f"The map of {m}"), target=tgt,
+                    preprocess=norm, steps=self.curve_steps, mask=mask, other_mask=other,
+                    explain_fn=M._explain_fn_from_result(r, model, self.preprocess),
+                    logits=exp.logits_tensor[None])
+            return caches[m]["context"]
 
         def publish(event: str = "metrics") -> bool:
             if self._stale(generation) or self._closed:
@@ -597,57 +626,75 @@ class ExplorerController(HasTraits):
 
         if not publish():
             return
-        for m, r in results.items():
-            cached = caches[m]
-            if "AD ↓" not in cached:
-                if self._stale(generation):
-                    return
-                cc = M.confidence_change(model, img, r, target=tgt, preprocess=pre, logits=exp.logits_tensor[None])
-                cached.update({"AD ↓": float(cc.average_drop), "IC ↑": float(cc.increase_in_confidence)})
-            rows[m].update({k: cached[k] for k in ("AD ↓", "IC ↑")})
-        if not publish():
-            return
-        self.timings["metrics"] = time.perf_counter() - t0
-        if self.compute_curves:
+        for cost in sorted({mt.cost for mt in EXPLORER_METRICS}):
+            if cost == 2 and not self.compute_curves:
+                continue
             t1 = time.perf_counter()
-            curves: dict[str, dict[str, Any]] = {}
+            metrics = [mt for mt in EXPLORER_METRICS if mt.cost == cost]
             for i, (m, r) in enumerate(results.items()):
                 cached = caches[m]
-                if "curves" not in cached:
+                todo = [mt for mt in metrics if columns[mt.name] not in cached]
+                if todo:
                     if self._stale(generation):
                         return
-                    self._set_status(f"{label}: {maps_ms}; insertion / deletion of "
-                                     f"{html.escape(METHOD_LABELS[m])} ({self.curve_steps} steps)…",
-                                     0.8 + 0.1 * i / max(1, len(results)))
-                    ins = M.insertion(model, img, r, target=tgt, preprocess=pre, steps=self.curve_steps)
-                    dele = M.deletion(model, img, r, target=tgt, preprocess=pre, steps=self.curve_steps)
-                    cached["insertion ↑"], cached["deletion ↓"] = float(ins.auc), float(dele.auc)
-                    cached["curves"] = {"insertion": (ins.fractions, ins.curve),
-                                        "deletion": (dele.fractions, dele.curve)}
-                rows[m]["insertion ↑"], rows[m]["deletion ↓"] = cached["insertion ↑"], cached["deletion ↓"]
-                curves[m] = cached["curves"]
-            if self._stale(generation) or self._closed:
-                return
-            self.curves = curves
-            if not publish("curves"):
-                return
-            self.timings["curves"] = time.perf_counter() - t1
-        t2 = time.perf_counter()
-        for i, (m, r) in enumerate(results.items()):
-            cached = caches[m]
-            if "ADCC ↑" not in cached:
-                if self._stale(generation):
+                    what = html.escape(METHOD_LABELS[m])
+                    if cost == 2:
+                        self._set_status(f"{label}: {maps_ms}; {' / '.join(mt.label for mt in todo)} of {what} "
+                                         f"({self.curve_steps} steps)…", 0.8 + 0.1 * i / max(1, len(results)))
+                    elif cost == 3:
+                        self._set_status(f"{label}: {maps_ms}; {' / '.join(mt.label for mt in todo)} re-runs "
+                                         f"{what} on the masked image ({i + 1}/{len(results)})…",
+                                         0.9 + 0.1 * i / max(1, len(results)))
+                    ctx = context(m, r)
+                    for mt in todo:
+                        value = mt.compute(ctx)[mt.columns[0].name]
+                        cached[columns[mt.name]] = float("nan") if value is None else float(value)
+                    if cost == 2:
+                        cached["curves"] = {kind: (ctx.shared(kind, lambda: None).fractions,
+                                                   ctx.shared(kind, lambda: None).curve)
+                                            for kind in ("insertion", "deletion")}
+                rows[m].update({columns[mt.name]: cached[columns[mt.name]] for mt in metrics})
+                if cost == 3 and not publish():
                     return
-                self._set_status(f"{label}: {maps_ms}; ADCC re-runs {html.escape(METHOD_LABELS[m])} on the "
-                                 f"masked image ({i + 1}/{len(results)})…", 0.9 + 0.1 * i / max(1, len(results)))
-                cached["ADCC ↑"] = float(M.adcc(model, img, r, target=tgt, preprocess=pre).adcc)
-            rows[m]["ADCC ↑"] = cached["ADCC ↑"]
-            if not publish():
+            if cost == 2:
+                if self._stale(generation) or self._closed:
+                    return
+                self.curves = {m: caches[m]["curves"] for m in results}
+                if not publish("curves"):
+                    return
+            elif cost != 3 and not publish():
                 return
-        self.timings["adcc"] = time.perf_counter() - t2
+            self.timings[_COST_TIMINGS.get(cost, f"cost {cost}")] = time.perf_counter() - t1
         if not self._stale(generation):
             parts = [maps_ms, f"AD / IC in {self.timings['metrics'] * 1000:.0f} ms"]
             if "curves" in self.timings:
                 parts.append(f"curves in {self.timings['curves'] * 1000:.0f} ms")
             parts.append(f"ADCC in {self.timings['adcc'] * 1000:.0f} ms")
             self._set_status(f"{label}: " + ", ".join(parts) + note, 1.0)
+
+    def _ground_truth(self, exp: Explainer) -> tuple[Any, Any]:
+        """The explained class's object mask and the other objects' union, on the explained image.
+
+        Only a bundled sample has them, and only for a class drawn in it (named by the model's
+        class names): (None, None) otherwise, and the other objects None on a one-class image.
+        """
+        source: Any = next((cast(tuple, k)[0] for k, e in self._explainers.items() if e is exp), None)
+        if not (isinstance(source, tuple) and source[0] == "sample" and self.class_names):
+            return None, None
+        sample = load_sample(source[1])
+        masks = dict(sample.get("masks") or {})
+        if not masks and sample.get("mask") is not None and sample.get("label") is not None:
+            masks = {sample["label"]: sample["mask"]}
+        name = self.class_names[exp.target] if exp.target < len(self.class_names) else None
+        if name not in masks:
+            return None, None
+        from ..core.evaluate import _mask_at
+
+        hw = exp.size
+        source_hw = tuple(int(v) for v in sample["image"].shape[-2:])
+
+        def at(m: Any) -> Any:
+            return _mask_at(m, hw, source_hw, self.preprocess)  # type: ignore[arg-type]
+
+        others = [at(m) for n, m in masks.items() if n != name]
+        return at(masks[name]), (np.logical_or.reduce(others) if others else None)

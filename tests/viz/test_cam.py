@@ -76,10 +76,11 @@ def test_fusion_pane_shows_maps_and_betas():
 
 
 def test_metrics_table_and_curves():
-    fig = vz.metrics_figure()
-    vz.update_metrics_figure(fig, {"Grad-CAM": {"AD ↓": 12.3456, "IC ↑": None}})
+    fig = vz.metrics_figure(["AD % ↓", "IC % ↑", "energy PG ↑"])
+    vz.update_metrics_figure(fig, {"Grad-CAM": {"AD % ↓": 12.3456, "IC % ↑": None, "energy PG ↑": float("nan")}})
     cells = fig.data[0].cells.values
     assert list(cells[0]) == ["Grad-CAM"] and list(cells[1]) == ["12.346"] and list(cells[2]) == ["…"]
+    assert list(cells[3]) == ["–"]  # no value (no ground truth), unlike "…" (still computing)
     curves = vz.curves_figure()
     x = np.linspace(0, 1, 5)
     vz.update_curves_figure(curves, {"A": {"insertion": (x, x), "deletion": (x, 1 - x)}})

@@ -177,3 +177,45 @@ def test_sanity_check_from_the_explorer(demo):
     finally:
         ex.close()
     assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())
+
+
+def test_metrics_table_comes_from_the_registry_with_ground_truth_on_samples(demo):
+    """The live table is the registry's in_explorer metrics (no list of its own), cheapest first;
+    on a bundled sample the ground-truth columns score the map against the explained class's own
+    object, live as the class changes, and show "no value" (NaN) where the image has no such object."""
+    from camwidgets.core import metric_registry as metric_reg
+    from camwidgets.core import metrics as M
+    from camwidgets.datasets import load_sample
+    from camwidgets.widgets.controller import EXPLORER_METRICS, METRIC_COLUMN, METRIC_COLUMNS
+
+    assert [m.name for m in EXPLORER_METRICS] == [m.name for m in metric_reg.list_metrics() if m.in_explorer]
+    assert len(METRIC_COLUMNS) == len(EXPLORER_METRICS) and METRIC_COLUMN["average_drop"] == "AD % ↓"
+    costs = {m.name: m.cost for m in EXPLORER_METRICS}
+    assert costs["discrimination"] == 0 < costs["average_drop"] < costs["insertion"] < costs["adcc"]
+
+    model, pre, names = demo
+    sample = load_sample("pair-crescent-triangle")
+    ctrl = ExplorerController(model, "pair-crescent-triangle", preprocess=pre, class_names=names,
+                              methods=["gradcam", "layercam"], metrics=True, curve_steps=4, background=False)
+    try:
+        for cls in ("crescent", "triangle"):
+            ctrl.target = names.index(cls)
+            other = "triangle" if cls == "crescent" else "crescent"
+            for method, row in ctrl.metric_values.items():
+                emap = ctrl.results[method].map
+                own = M.energy_pointing_game(emap, sample["masks"][cls])
+                ref = M.class_discrimination(emap, sample["masks"][cls], sample["masks"][other])
+                assert row[METRIC_COLUMN["energy_pointing_game"]] == pytest.approx(own, abs=1e-9)
+                assert row[METRIC_COLUMN["discrimination"]] == pytest.approx(ref.discrimination, abs=1e-9)
+                assert row[METRIC_COLUMN["discrimination"]] > 0.1, (cls, method)  # the map is on its own object
+                assert row[METRIC_COLUMN["average_drop"]] == pytest.approx(
+                    float(M.average_drop(model, ctrl.explainer.image, emap, ctrl.explainer.target, pre)), abs=1e-6)
+        ctrl.target = names.index("star")  # no star in the image: no ground truth, the rest computed
+        row = ctrl.metric_values["gradcam"]
+        assert np.isnan(row[METRIC_COLUMN["energy_pointing_game"]]) and np.isnan(row[METRIC_COLUMN["discrimination"]])
+        assert not np.isnan(row[METRIC_COLUMN["average_drop"]])
+        ctrl.set_image(np.asarray(sample["image"].permute(1, 2, 0)))  # the same pixels, uploaded: no masks
+        ctrl.target = names.index("crescent")
+        assert np.isnan(ctrl.metric_values["gradcam"][METRIC_COLUMN["discrimination"]])
+    finally:
+        ctrl.close()

@@ -13,6 +13,7 @@ from torch import nn
 import camwidgets
 from camwidgets.widgets import CAMExplorer
 from camwidgets.widgets import explorer as explorer_module
+from camwidgets.widgets.controller import METRIC_COLUMN as COL
 
 REGION = camwidgets.core.methods.get("fusioncam").param("region")
 
@@ -81,8 +82,9 @@ def test_metrics_run_ad_ic_then_curves_then_adcc() -> None:
         ex.theta = 20.0  # a new Fusion-CAM map (Grad-CAM is cached), with the status observed from the start
         assert set(ex.timings) >= {"maps", "metrics", "curves", "adcc"}
         for row in ex.metric_values.values():
-            assert all(isinstance(row[k], float) for k in ("AD ↓", "IC ↑", "insertion ↑", "deletion ↓", "ADCC ↑"))
-        curve_at = next(i for i, s in enumerate(seen) if "insertion / deletion" in s)
+            assert all(isinstance(row[COL[k]], float)
+                       for k in ("average_drop", "increase_in_confidence", "insertion", "deletion", "adcc"))
+        curve_at = next(i for i, s in enumerate(seen) if "Insertion AUC / Deletion AUC of" in s)
         adcc_at = next(i for i, s in enumerate(seen) if "ADCC re-runs" in s)
         assert curve_at < adcc_at and "(4 steps)" in seen[curve_at]
         assert "ADCC in" in seen[-1]
