@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import functools
 import hashlib
 import itertools
 import json
@@ -1344,20 +1345,22 @@ class _Task:
         out: dict[int, tuple[list[dict[str, Any]], list[dict[str, Any]]]] = {i: ([], []) for i, _, _ in entries}
         todos = {index: list(todo) for index, _, todo in entries}
 
-        def failed(index: int, stage: str, names: Sequence[str], err: BaseException) -> None:
-            out[index][1].extend({"index": index, "method": name, "stage": stage,
-                                  "error": f"{type(err).__name__}: {err}"} for name in names)
-
-        loaded: list[_Loaded] = []
-        for index, load, _ in entries:
+        def attempt(index: int, stage: str, names: Sequence[str], fn: Callable[[], Any]) -> Any:
+            """``fn()``; with on_error="skip" a failure is recorded for ``names`` and None returned."""
             try:
-                loaded.append(self._load(index, load))
-            except (KeyboardInterrupt, SystemExit):
+                return fn()
+            except (KeyboardInterrupt, SystemExit, _SettingError):
                 raise
             except Exception as err:
                 if self.on_error == "raise":
                     raise
-                failed(index, "item", todos[index], err)
+                out[index][1].extend({"index": index, "method": name, "stage": stage,
+                                      "error": f"{type(err).__name__}: {err}"} for name in names)
+                return None
+
+        loaded: list[_Loaded] = [
+            ld for index, load, _ in entries
+            if (ld := attempt(index, "item", todos[index], functools.partial(self._load, index, load))) is not None]
         built: dict[int, tuple[Any, float]] = {}
         if self.factory is Explainer and len(loaded) > 1:
             t0 = time.perf_counter()
@@ -1370,16 +1373,10 @@ class _Task:
                 explainers = []  # each item alone below, so a failure names its own item
             share = (time.perf_counter() - t0) / len(loaded)
             built = {ld.index: (ex, share) for ld, ex in zip(loaded, explainers, strict=False)}
-        prepared: list[_Prepared] = []
-        for ld in loaded:
-            try:
-                prepared.append(self._prepare(ld, *built.get(ld.index, (None, 0.0))))
-            except (KeyboardInterrupt, SystemExit, _SettingError):
-                raise
-            except Exception as err:
-                if self.on_error == "raise":
-                    raise
-                failed(ld.index, "item", todos[ld.index], err)
+        prepared: list[_Prepared] = [
+            p for ld in loaded
+            if (p := attempt(ld.index, "item", todos[ld.index],
+                             functools.partial(self._prepare, ld, *built.get(ld.index, (None, 0.0))))) is not None]
 
         explainers_of: dict[int, Any] = {p.index: p.explainer for p in prepared}
         capture_of: dict[int, float] = {p.index: p.capture_seconds for p in prepared}
@@ -1391,24 +1388,10 @@ class _Task:
                     continue
                 if note is not None:
                     note(f"{p.index}:{name}")
-                try:
-                    if explainers_of[p.index] is None:  # a custom factory: one per item, built at its first method
-                        t0 = time.perf_counter()
-                        explainers_of[p.index] = self.factory(self.model, p.item.image, target=p.target,
-                                                              layers=self.layers, preprocess=self.preprocess)
-                        capture_of[p.index] = time.perf_counter() - t0
-                    t0 = time.perf_counter()
-                    result = getattr(explainers_of[p.index], spec["method"])(**spec["params"])
-                    emap = M._map_array(result, f"The map of {name}")
-                    seconds = time.perf_counter() - t0
-                except (KeyboardInterrupt, SystemExit):
-                    raise
-                except Exception as err:
-                    if self.on_error == "raise":
-                        raise
-                    failed(p.index, "method", [name], err)
-                    continue
-                scored.append((p, self._context(p, emap, spec, explain_many), seconds))
+                made = attempt(p.index, "method", [name],
+                               functools.partial(self._map, p, name, spec, explainers_of, capture_of))
+                if made is not None:
+                    scored.append((p, self._context(p, made[0], spec, explain_many), made[1]))
             if not scored:
                 continue
             t1 = time.perf_counter()
@@ -1422,16 +1405,8 @@ class _Task:
             share = (time.perf_counter() - t1) / len(scored)
             for p, ctx, seconds in scored:
                 t1 = time.perf_counter()
-                try:
-                    values: dict[str, Any] = {}
-                    for metric in self.metric_list:
-                        values.update(_metric_registry.get_metric(metric).compute(ctx))
-                except (KeyboardInterrupt, SystemExit):
-                    raise
-                except Exception as err:
-                    if self.on_error == "raise":
-                        raise
-                    failed(p.index, "method", [name], err)
+                values = attempt(p.index, "method", [name], functools.partial(self._metric_values, ctx))
+                if values is None:
                     continue
                 metric_seconds = share + time.perf_counter() - t1
                 row = _json_value({"index": p.index, "method": name, "label": p.item.label, "target": p.target,
@@ -1442,6 +1417,27 @@ class _Task:
                     on_row(row)
                 out[p.index][0].append(row)
         return [(index, *out[index]) for index, _, _ in entries]
+
+    def _map(self, p: _Prepared, name: str, spec: Mapping[str, Any], explainers: dict[int, Any],
+             capture_seconds: dict[int, float]) -> tuple[np.ndarray, float]:
+        """Item ``p``'s map by method ``name`` and the seconds it took; a custom factory's explainer is
+        built at the item's first method (kept in ``explainers``, its time in ``capture_seconds``)."""
+        if explainers[p.index] is None:
+            t0 = time.perf_counter()
+            explainers[p.index] = self.factory(self.model, p.item.image, target=p.target, layers=self.layers,
+                                               preprocess=self.preprocess)
+            capture_seconds[p.index] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        result = getattr(explainers[p.index], spec["method"])(**spec["params"])
+        emap = M._map_array(result, f"The map of {name}")
+        return emap, time.perf_counter() - t0
+
+    def _metric_values(self, ctx: MetricContext) -> dict[str, Any]:
+        """Every requested metric of one map, through the metric registry."""
+        values: dict[str, Any] = {}
+        for metric in self.metric_list:
+            values.update(_metric_registry.get_metric(metric).compute(ctx))
+        return values
 
     def _context(self, p: _Prepared, emap: np.ndarray, spec: Mapping[str, Any],
                  explain_many: Callable[[torch.Tensor, Sequence[int]], list[Any]] | None) -> MetricContext:
