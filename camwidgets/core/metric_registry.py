@@ -194,10 +194,19 @@ class Metric:
 # ----------------------------------------------------------------------------------------
 # compute functions
 # ----------------------------------------------------------------------------------------
+def _shared_pass(ctx: MetricContext, key: str) -> Any:
+    """The value of shared pass ``key`` for this context: computed once, as a batch of one
+    (:data:`SHARED_PASSES`, the same code :func:`prefetch` runs for many contexts)."""
+    def alone() -> Any:
+        values = SHARED_PASSES[key]([ctx])
+        assert values is not None  # None only declines a group of several
+        return values[0]
+
+    return ctx.shared(key, alone)
+
+
 def _confidence(ctx: MetricContext) -> M.ConfidenceChange:
-    return ctx.shared("confidence", lambda: M.confidence_change(
-        ctx.model, ctx.pixels, ctx.saliency_map, ctx.target, ctx.preprocess, batch_size=ctx.batch_size,
-        logits=ctx.logits))
+    return _shared_pass(ctx, "confidence")
 
 
 def _average_drop(ctx: MetricContext) -> Values:
@@ -211,11 +220,7 @@ def _increase_in_confidence(ctx: MetricContext) -> Values:
 
 
 def _curve(ctx: MetricContext, kind: str) -> float:
-    fn = M.insertion if kind == "insertion" else M.deletion
-    params = dict(ctx.params.get(kind, {}))
-    return float(ctx.shared(kind, lambda: fn(ctx.model, ctx.pixels, ctx.saliency_map, ctx.target, ctx.preprocess,
-                                            **{"steps": ctx.steps, "batch_size": ctx.batch_size,
-                                               "logits": ctx.logits, **params})).auc)
+    return float(_shared_pass(ctx, kind).auc)
 
 
 def _insertion(ctx: MetricContext) -> Values:
@@ -234,12 +239,9 @@ def _over_all(ctx: MetricContext) -> Values:
 
 def _coherency(ctx: MetricContext) -> float:
     """Coherency of the map, computed once for ADCC and ARCC."""
-    if ctx.explain_fn is None:
+    if ctx.explain_fn is None and ctx.explain_many is None:
         raise ValueError("ADCC and ARCC re-run the method on the masked image: give an explain_fn.")
-    explain_fn = ctx.explain_fn
-    return float(ctx.shared("coherency", lambda: M.coherency(
-        ctx.model, ctx.pixels, ctx.saliency_map, ctx.target, ctx.preprocess, explain_fn=explain_fn,
-        batch_size=ctx.batch_size, logits=ctx.logits)))
+    return float(_shared_pass(ctx, "coherency"))
 
 
 def _adcc(ctx: MetricContext) -> Values:
@@ -336,11 +338,11 @@ def _batched_curve(kind: str) -> Callable[[Sequence[MetricContext]], list[Any]]:
 
 def _batched_coherency(group: Sequence[MetricContext]) -> list[Any] | None:
     c0 = group[0]
-    if c0.explain_many is None:
-        return None
+    if c0.explain_many is None and len(group) > 1:
+        return None  # each context's own explain_fn re-runs its map
     pixels, maps, targets, logits = _stacked(group)
     values = M.coherency(c0.model, pixels, maps, targets, c0.preprocess, batch_size=c0.batch_size,
-                         logits=logits, explain_many=c0.explain_many)
+                         logits=logits, explain_fn=c0.explain_fn, explain_many=c0.explain_many)
     return [float(v) for v in np.asarray(values)]
 
 
@@ -350,6 +352,7 @@ PASS_COST: Mapping[str, int] = {"confidence": 1, "insertion": 2, "deletion": 2, 
 
 #: The passes metrics share (:attr:`Metric.shares`), each with its batched computation over many
 #: contexts: ``compute(contexts) -> one value per context`` (None: not possible for this group).
+#: A context alone runs the same function on a group of one.
 SHARED_PASSES: Mapping[str, Callable[[Sequence[MetricContext]], list[Any] | None]] = {
     "confidence": _batched_confidence,
     "insertion": _batched_curve("insertion"),

@@ -928,7 +928,6 @@ def _coherency_values(pixels: torch.Tensor, maps: np.ndarray, targets: torch.Ten
     """``(ρ(E, E') + 1) / 2`` per image; ``E'`` from ``explain_fn`` per image, or ``explain_many`` once for all."""
     h, w = maps.shape[1:]
     recomputed = []
-    news: list[Any] | None = None
     if explain_many is not None:
         masked_all = pixels * torch.from_numpy(maps).float().unsqueeze(1)
         with torch.inference_mode(False), torch.enable_grad():
@@ -937,13 +936,13 @@ def _coherency_values(pixels: torch.Tensor, maps: np.ndarray, targets: torch.Ten
             raise ValueError(f"explain_many returned {len(news)} maps for {pixels.shape[0]} masked images.")
     elif explain_fn is None:
         raise ValueError("coherency needs explain_fn (or explain_many) to re-run the method on x ⊙ E.")
-    for i in range(pixels.shape[0]):
-        if news is not None:
-            new = news[i]
-        else:
+    else:
+        news = []
+        for i in range(pixels.shape[0]):
             masked = (pixels[i] * torch.from_numpy(maps[i]).float()).clone()
             with torch.inference_mode(False), torch.enable_grad():
-                new = explain_fn(masked, int(targets[i]))  # type: ignore[misc]
+                news.append(explain_fn(masked, int(targets[i])))
+    for new in news:
         arr = _map_array(new, "The map returned by explain_fn")
         if arr.shape != (h, w):
             raise ValueError(
@@ -1017,8 +1016,10 @@ def coherency(model: nn.Module, image: Any, saliency_map: MapLike, target: Targe
     preprocess = as_preprocess(preprocess)
     pixels, maps, single = _setup(model, image, saliency_map, preprocess, target)
     logits = _given_logits(logits, pixels.shape[0], "coherency")
-    fn = None if explain_many is not None and callable(explain_many) else _resolve_explain_fn(
-        explain_fn, saliency_map, model, preprocess, single)
+    if explain_many is not None and not callable(explain_many):
+        raise ValueError("explain_many must be a callable (masked_pixel_images, targets) -> maps.")
+    fn = None if explain_many is not None else _resolve_explain_fn(explain_fn, saliency_map, model, preprocess,
+                                                                    single)
     scorer = _Scorer(model, preprocess, batch_size)
     with _eval_mode(model):
         with torch.inference_mode():
