@@ -1292,17 +1292,6 @@ class _Task:
             if needs_truth else (None, None, None))
         return _Prepared(item, geo, predicted, tgt, prob, mask, box, logits, explainer, seconds, other, ld.index)
 
-    def prepare(self, index: int, load: Callable[[], Any]) -> _Prepared:
-        """Load item ``index`` (``load()``), check it and run the model on it (one forward pass)."""
-        return self._prepare(self._load(index, load))
-
-    def run(self, index: int, load: Callable[[], Any], todo: Sequence[str],
-            on_row: Callable[[dict[str, Any]], None] | None = None,
-            note: Callable[[str], None] | None = None) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-        """Rows (JSON-ready) and errors of the methods ``todo`` on dataset item ``index``, loaded by ``load()``."""
-        (_, rows, errors), = self.run_group([(index, load, todo)], on_row=on_row, note=note)
-        return rows, errors
-
     def _explain_many(self, spec: Mapping[str, Any]) -> Callable[[torch.Tensor, Sequence[int]], list[Any]] | None:
         """The method re-run on many masked images through one batched pass (default factory only)."""
         from .explainer import Explainer
